@@ -1,0 +1,15 @@
+//! Wisp: an ephemeral chat server speaking RFC 6455, implemented from scratch.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the WebSocket core over byte slices (handshake, frames,
+//!   masking, UTF-8, close codes, per-connection state), client side included.
+//! - `config`: options and `WISP_*` variables turned into a validated `Config`.
+//! - `reactor`: the one `mio` loop, its slab of connections and its timer wheel.
+//! - `http`: routes and the answers to plain HTTP requests, the client page.
+//! - `chat`: rooms, presence, names, history and its sixty-second expiry.
+//! - `metrics`: the counters of SPEC §6 and their Prometheus text.
+#![warn(unreachable_pub)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod protocol;
