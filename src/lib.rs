@@ -12,4 +12,11 @@
 #![warn(unreachable_pub)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod chat;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod logger;
+pub mod metrics;
 pub mod protocol;
+pub mod reactor;

@@ -96,10 +96,9 @@ pub fn check_response(buf: &[u8], key: &[u8; 24]) -> Result<Decoded<usize>, Clie
         None => return Err(ClientError::Malformed),
     }
     let want = accept_key(key);
-    let ok = resp
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value.trim_ascii() == want);
+    let ok = resp.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value.trim_ascii() == want
+    });
     if ok {
         Ok(Decoded::Done(len))
     } else {
@@ -110,7 +109,13 @@ pub fn check_response(buf: &[u8], key: &[u8; 24]) -> Result<Decoded<usize>, Clie
 /// Appends one masked frame (§5.3: every client frame is masked) to `out`.
 pub fn encode_masked(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
     let mut header = [0u8; MAX_HEADER];
-    let n = encode_header(&mut header, Fin::Final, opcode, payload.len() as u64, Some(key));
+    let n = encode_header(
+        &mut header,
+        Fin::Final,
+        opcode,
+        payload.len() as u64,
+        Some(key),
+    );
     out.extend_from_slice(&header[..n]);
     let start = out.len();
     out.extend_from_slice(payload);
@@ -128,26 +133,38 @@ mod tests {
         let mut rng = MaskRng(42);
         let key = rng.key();
         let req = request("127.0.0.1:1", "/echo", &key);
-        let Ok(Decoded::Done((parsed, _))) = handshake::parse(&req) else { panic!() };
+        let Ok(Decoded::Done((parsed, _))) = handshake::parse(&req) else {
+            panic!()
+        };
         let accept = check_upgrade(&parsed).unwrap();
         let resp = switching_protocols(&accept);
         assert_eq!(check_response(&resp, &key), Ok(Decoded::Done(resp.len())));
         assert_eq!(check_response(&resp[..10], &key), Ok(Decoded::NeedMore));
         let other = rng.key();
         assert_eq!(check_response(&resp, &other), Err(ClientError::BadAccept));
-        assert_eq!(check_response(b"HTTP/1.1 503 Busy\r\n\r\n", &key), Err(ClientError::Status(503)));
+        assert_eq!(
+            check_response(b"HTTP/1.1 503 Busy\r\n\r\n", &key),
+            Err(ClientError::Status(503))
+        );
     }
 
     #[test]
     fn masked_frames_decode_on_the_server_side() {
         let mut rng = MaskRng::from_os();
         let mut wire = Vec::new();
-        encode_masked(&mut wire, OpCode::Text, "hello wörld".as_bytes(), rng.mask());
+        encode_masked(
+            &mut wire,
+            OpCode::Text,
+            "hello wörld".as_bytes(),
+            rng.mask(),
+        );
         encode_masked(&mut wire, OpCode::Binary, &[1u8; 70_000], rng.mask());
         let mut ws = WebSocket::new(Role::Server, 1 << 20);
         let (n, ev) = ws.read(&mut wire).unwrap();
         assert_eq!(ev, Some(Event::Text("hello wörld")));
         let (_, ev) = ws.read(&mut wire[n..]).unwrap();
-        assert!(matches!(ev, Some(Event::Binary(b)) if b.len() == 70_000 && b.iter().all(|&x| x == 1)));
+        assert!(
+            matches!(ev, Some(Event::Binary(b)) if b.len() == 70_000 && b.iter().all(|&x| x == 1))
+        );
     }
 }

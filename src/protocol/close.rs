@@ -151,7 +151,8 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<(Option<CloseCode>, &str), 
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             let code = CloseCode::from_wire(code).ok_or(ProtocolError::BadCloseCode)?;
-            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::BadCloseReason)?;
+            let reason =
+                std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::BadCloseReason)?;
             Ok((Some(code), reason))
         }
     }
@@ -175,10 +176,15 @@ mod tests {
 
     #[test]
     fn wire_codes_allowed_and_refused() {
-        for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
+        ] {
             assert_eq!(CloseCode::from_wire(ok).map(CloseCode::as_u16), Some(ok));
         }
-        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for bad in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert_eq!(CloseCode::from_wire(bad), None, "{bad}");
         }
     }
@@ -186,19 +192,46 @@ mod tests {
     #[test]
     fn close_payloads() {
         assert_eq!(parse_close_payload(b""), Ok((None, "")));
-        assert_eq!(parse_close_payload(b"\x03"), Err(ProtocolError::BadCloseCode));
-        assert_eq!(parse_close_payload(b"\x03\xe8bye"), Ok((Some(CloseCode::Normal), "bye")));
-        assert_eq!(parse_close_payload(b"\x03\xed"), Err(ProtocolError::BadCloseCode)); // 1005
-        assert_eq!(parse_close_payload(b"\x03\xe8\xff"), Err(ProtocolError::BadCloseReason));
+        assert_eq!(
+            parse_close_payload(b"\x03"),
+            Err(ProtocolError::BadCloseCode)
+        );
+        assert_eq!(
+            parse_close_payload(b"\x03\xe8bye"),
+            Ok((Some(CloseCode::Normal), "bye"))
+        );
+        assert_eq!(
+            parse_close_payload(b"\x03\xed"),
+            Err(ProtocolError::BadCloseCode)
+        ); // 1005
+        assert_eq!(
+            parse_close_payload(b"\x03\xe8\xff"),
+            Err(ProtocolError::BadCloseReason)
+        );
     }
 
     #[test]
     fn error_to_close_code_mapping() {
-        assert_eq!(CloseCode::from(&ProtocolError::InvalidUtf8), CloseCode::Invalid);
-        assert_eq!(CloseCode::from(&ProtocolError::BadCloseReason), CloseCode::Invalid);
-        assert_eq!(CloseCode::from(&ProtocolError::MessageTooBig), CloseCode::Size);
-        assert_eq!(CloseCode::from(&ProtocolError::ReservedBits), CloseCode::Protocol);
-        assert_eq!(CloseCode::from(&ProtocolError::BadCloseCode), CloseCode::Protocol);
+        assert_eq!(
+            CloseCode::from(&ProtocolError::InvalidUtf8),
+            CloseCode::Invalid
+        );
+        assert_eq!(
+            CloseCode::from(&ProtocolError::BadCloseReason),
+            CloseCode::Invalid
+        );
+        assert_eq!(
+            CloseCode::from(&ProtocolError::MessageTooBig),
+            CloseCode::Size
+        );
+        assert_eq!(
+            CloseCode::from(&ProtocolError::ReservedBits),
+            CloseCode::Protocol
+        );
+        assert_eq!(
+            CloseCode::from(&ProtocolError::BadCloseCode),
+            CloseCode::Protocol
+        );
     }
 
     #[test]
@@ -207,7 +240,10 @@ mod tests {
         let reason = "é".repeat(100);
         let n = write_close_payload(CloseCode::Away, &reason, &mut out);
         assert!(n <= 125);
-        assert_eq!(parse_close_payload(&out[..n]).unwrap().0, Some(CloseCode::Away));
+        assert_eq!(
+            parse_close_payload(&out[..n]).unwrap().0,
+            Some(CloseCode::Away)
+        );
         assert!(std::str::from_utf8(&out[2..n]).is_ok());
     }
 }

@@ -107,7 +107,11 @@ pub fn decode_header(buf: &[u8]) -> Result<Decoded<Header>, ProtocolError> {
         return Err(ProtocolError::ReservedBits);
     }
     let opcode = OpCode::from_bits(b0 & 0x0F)?;
-    let fin = if b0 & 0x80 != 0 { Fin::Final } else { Fin::More };
+    let fin = if b0 & 0x80 != 0 {
+        Fin::Final
+    } else {
+        Fin::More
+    };
     if opcode.is_control() {
         // §5.5: "All control frames MUST have a payload length of 125 bytes or
         // less and MUST NOT be fragmented."
@@ -160,7 +164,13 @@ pub fn decode_header(buf: &[u8]) -> Result<Decoded<Header>, ProtocolError> {
 
 /// Encodes a header into `out`; returns its length. Uses the shortest length
 /// form, as §5.2 requires ("the minimal number of bytes MUST be used").
-pub fn encode_header(out: &mut [u8; MAX_HEADER], fin: Fin, opcode: OpCode, len: u64, mask: Option<[u8; 4]>) -> usize {
+pub fn encode_header(
+    out: &mut [u8; MAX_HEADER],
+    fin: Fin,
+    opcode: OpCode,
+    len: u64,
+    mask: Option<[u8; 4]>,
+) -> usize {
     out[0] = opcode.bits() | if fin == Fin::Final { 0x80 } else { 0 };
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let mut n = if len < 126 {
@@ -242,12 +252,25 @@ mod tests {
             for mask in [None, Some([9, 8, 7, 6])] {
                 let mut out = [0u8; MAX_HEADER];
                 let n = encode_header(&mut out, Fin::Final, OpCode::Binary, len, mask);
-                let want = 2 + if len < 126 { 0 } else if len < 65536 { 2 } else { 8 } + if mask.is_some() { 4 } else { 0 };
+                let want =
+                    2 + if len < 126 {
+                        0
+                    } else if len < 65536 {
+                        2
+                    } else {
+                        8
+                    } + if mask.is_some() { 4 } else { 0 };
                 assert_eq!(n, want);
-                let Ok(Decoded::Done(h)) = decode_header(&out[..n]) else { panic!("len {len}") };
+                let Ok(Decoded::Done(h)) = decode_header(&out[..n]) else {
+                    panic!("len {len}")
+                };
                 assert_eq!((h.payload_len, h.header_len, h.mask), (len, n, mask));
                 for cut in 0..n {
-                    assert_eq!(decode_header(&out[..cut]), Ok(Decoded::NeedMore), "len {len} cut {cut}");
+                    assert_eq!(
+                        decode_header(&out[..cut]),
+                        Ok(Decoded::NeedMore),
+                        "len {len} cut {cut}"
+                    );
                 }
             }
         }

@@ -104,9 +104,13 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(HandshakeError::HeadTooLarge),
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err(HandshakeError::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HandshakeError::HeadTooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(HandshakeError::HeadTooLarge)
+        }
         Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
         Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeadTooLarge),
         Err(_) => return Err(HandshakeError::Malformed),
@@ -167,7 +171,11 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<[u8; 28], HandshakeError> {
         return Err(HandshakeError::MethodNotAllowed);
     }
     let upgrade = req.upgrade.ok_or(HandshakeError::UpgradeRequired)?;
-    if !upgrade.split(|&b| b == b',').map(trim).any(|t| t.eq_ignore_ascii_case(b"websocket")) {
+    if !upgrade
+        .split(|&b| b == b',')
+        .map(trim)
+        .any(|t| t.eq_ignore_ascii_case(b"websocket"))
+    {
         return Err(HandshakeError::BadUpgrade);
     }
     if !req.connection_upgrade {
@@ -231,13 +239,19 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
     }
 
     fn with(find: &str, replace: &str) -> Vec<u8> {
-        String::from_utf8(GOOD.to_vec()).unwrap().replace(find, replace).into_bytes()
+        String::from_utf8(GOOD.to_vec())
+            .unwrap()
+            .replace(find, replace)
+            .into_bytes()
     }
 
     #[test]
     fn rfc_accept_key_example() {
         // RFC 6455 §1.3.
-        assert_eq!(&accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -253,7 +267,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
     #[test]
     fn partial_head_needs_more_at_every_cut() {
         for cut in 0..GOOD.len() {
-            assert!(matches!(parse(&GOOD[..cut]), Ok(Decoded::NeedMore)), "cut {cut}");
+            assert!(
+                matches!(parse(&GOOD[..cut]), Ok(Decoded::NeedMore)),
+                "cut {cut}"
+            );
         }
     }
 
@@ -283,7 +300,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
 
     #[test]
     fn header_tokens_are_case_insensitive() {
-        let bytes = with("Upgrade: websocket", "upgrade: WebSocket").replace_all("Connection: keep-alive, Upgrade", "connection: UPGRADE");
+        let bytes = with("Upgrade: websocket", "upgrade: WebSocket")
+            .replace_all("Connection: keep-alive, Upgrade", "connection: UPGRADE");
         assert!(check_upgrade(&parsed(&bytes)).is_ok());
     }
 
@@ -298,8 +316,19 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
 
     #[test]
     fn malformed_heads_400() {
-        for bad in [&b"GARBAGE\r\n\r\n"[..], b"GET /x HTTP/9.9\r\n\r\n", b"GET x HTTP/1.1\r\n\r\n", b"\x00\x01\x02\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"] {
-            assert_eq!(parse(bad).unwrap_err(), HandshakeError::Malformed, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"GET /x HTTP/9.9\r\n\r\n",
+            b"GET x HTTP/1.1\r\n\r\n",
+            b"\x00\x01\x02\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err(),
+                HandshakeError::Malformed,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -312,7 +341,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
         assert_eq!(parse(&big).unwrap_err(), HandshakeError::HeadTooLarge);
         let many: String = (0..100).map(|i| format!("X{i}: y\r\n")).collect();
         let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse(req.as_bytes()).unwrap_err(), HandshakeError::HeadTooLarge);
+        assert_eq!(
+            parse(req.as_bytes()).unwrap_err(),
+            HandshakeError::HeadTooLarge
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let (head, words, tail) = unsafe { buf.align_to_mut::<u64>() };
     xor_bytes(head, key);
     key = rotate(key, head.len());
-    let word = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let word = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     for w in words.iter_mut() {
         *w ^= word;
     }

@@ -79,7 +79,10 @@ mod tests {
         let mut out = Vec::new();
         for cut in 0..=bytes.len() {
             let mut v = Utf8Validator::new();
-            let r = v.feed(&bytes[..cut]).and_then(|_| v.feed(&bytes[cut..])).and_then(|_| v.finish());
+            let r = v
+                .feed(&bytes[..cut])
+                .and_then(|_| v.feed(&bytes[cut..]))
+                .and_then(|_| v.finish());
             out.push(r);
         }
         out

@@ -110,7 +110,10 @@ impl WebSocket {
     /// complete unit of work: keep it and call again with more bytes. An error
     /// means the connection must be failed with `CloseCode::from(&err)`; the
     /// state is then unspecified and `read` must not be called again.
-    pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+    pub fn read<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         if self.assembly.as_ref().is_some_and(|a| a.delivered) {
             self.assembly = None;
         }
@@ -135,7 +138,9 @@ impl WebSocket {
             (OpCode::Binary, None) => Kind::Binary,
             (OpCode::Continue, Some(a)) => a.kind,
             // §5.4: fragments of one message must not interleave with another.
-            (OpCode::Text | OpCode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
             (OpCode::Continue, None) => return Err(ProtocolError::UnexpectedContinuation),
             _ => unreachable!("bug: control opcodes handled above"),
         };
@@ -154,7 +159,9 @@ impl WebSocket {
                 unmask(payload, key, 0);
             }
             let event = match kind {
-                Kind::Text => Event::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?),
+                Kind::Text => Event::Text(
+                    std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
+                ),
                 Kind::Binary => Event::Binary(payload),
             };
             return Ok((total, Some(event)));
@@ -182,7 +189,11 @@ impl WebSocket {
     }
 
     /// Takes the payload of the frame underway from `buf[start..]`.
-    fn continue_frame<'a>(&'a mut self, buf: &'a mut [u8], start: usize) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+    fn continue_frame<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        start: usize,
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         let a = self.assembly.as_mut().expect("bug: no message underway");
         let f = a.frame.as_mut().expect("bug: no frame underway");
         let take = (f.remaining.min((buf.len() - start) as u64)) as usize;
@@ -220,7 +231,11 @@ impl WebSocket {
     }
 
     /// A ping, pong or close: at most 125 bytes, handled whole (§5.5).
-    fn control_frame<'a>(&'a mut self, header: Header, buf: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
+    fn control_frame<'a>(
+        &'a mut self,
+        header: Header,
+        buf: &'a mut [u8],
+    ) -> Result<(usize, Option<Event<'a>>), ProtocolError> {
         let total = header.header_len + header.payload_len as usize;
         if buf.len() < total {
             return Ok((0, None));
@@ -252,7 +267,13 @@ mod tests {
     /// A masked client frame with explicit first byte (FIN, RSV, opcode bits).
     fn raw(b0: u8, payload: &[u8]) -> Vec<u8> {
         let mut h = [0u8; MAX_HEADER];
-        let n = encode_header(&mut h, Fin::Final, OpCode::Binary, payload.len() as u64, Some(KEY));
+        let n = encode_header(
+            &mut h,
+            Fin::Final,
+            OpCode::Binary,
+            payload.len() as u64,
+            Some(KEY),
+        );
         h[0] = b0;
         let mut out = h[..n].to_vec();
         let mut p = payload.to_vec();
@@ -280,7 +301,9 @@ mod tests {
                         Event::Binary(b) => format!("binary:{}", b.len()),
                         Event::Ping(p) => format!("ping:{}", String::from_utf8_lossy(p)),
                         Event::Pong(p) => format!("pong:{}", String::from_utf8_lossy(p)),
-                        Event::Close { code, reason } => format!("close:{}:{reason}", code.map_or(0, CloseCode::as_u16)),
+                        Event::Close { code, reason } => {
+                            format!("close:{}:{reason}", code.map_or(0, CloseCode::as_u16))
+                        }
                     });
                 }
                 pending.drain(..n);
@@ -309,7 +332,10 @@ mod tests {
         let mut input = frame(true, 1, "héllo".as_bytes());
         input.extend(frame(true, 2, &[0u8; 300]));
         input.extend(frame(true, 1, b""));
-        assert_eq!(run_all_steps(&input).unwrap(), ["text:héllo", "binary:300", "text:"]);
+        assert_eq!(
+            run_all_steps(&input).unwrap(),
+            ["text:héllo", "binary:300", "text:"]
+        );
     }
 
     #[test]
@@ -320,7 +346,10 @@ mod tests {
         input.extend(frame(false, 0, b"lo "));
         input.extend(frame(true, 0xA, b""));
         input.extend(frame(true, 0, "wörld".as_bytes()));
-        assert_eq!(run_all_steps(&input).unwrap(), ["ping:hb", "pong:", "text:Hello wörld"]);
+        assert_eq!(
+            run_all_steps(&input).unwrap(),
+            ["ping:hb", "pong:", "text:Hello wörld"]
+        );
     }
 
     #[test]
@@ -336,15 +365,24 @@ mod tests {
     fn large_message_sizes_round_trip() {
         for len in [125usize, 126, 65535, 65536, 1 << 20] {
             let input = frame(true, 2, &vec![7u8; len]);
-            assert_eq!(run(&mut server(), &input, 4096).unwrap(), [format!("binary:{len}")]);
+            assert_eq!(
+                run(&mut server(), &input, 4096).unwrap(),
+                [format!("binary:{len}")]
+            );
         }
     }
 
     #[test]
     fn close_frames() {
         assert_eq!(run_all_steps(&frame(true, 8, b"")).unwrap(), ["close:0:"]);
-        assert_eq!(run_all_steps(&frame(true, 8, b"\x03\xe8bye")).unwrap(), ["close:1000:bye"]);
-        assert_eq!(run_all_steps(&frame(true, 8, b"\x0f\xa0")).unwrap(), ["close:4000:"]);
+        assert_eq!(
+            run_all_steps(&frame(true, 8, b"\x03\xe8bye")).unwrap(),
+            ["close:1000:bye"]
+        );
+        assert_eq!(
+            run_all_steps(&frame(true, 8, b"\x0f\xa0")).unwrap(),
+            ["close:4000:"]
+        );
     }
 
     macro_rules! refused {
@@ -359,7 +397,7 @@ mod tests {
     }
 
     refused! {
-        unmasked_client_frame_1002: b"\x81\x02hi".to_vec() => ProtocolError::UnmaskedFrame, 1002;
+        unmasked_client_frame_1002: *b"\x81\x02hi" => ProtocolError::UnmaskedFrame, 1002;
         rsv1_1002: raw(0xC1, b"x") => ProtocolError::ReservedBits, 1002;
         rsv2_1002: raw(0xA1, b"x") => ProtocolError::ReservedBits, 1002;
         rsv3_1002: raw(0x91, b"x") => ProtocolError::ReservedBits, 1002;
@@ -386,7 +424,11 @@ mod tests {
     fn bad_utf8_fails_before_the_frame_ends() {
         // The header and the first bytes of a 1000-byte text frame; the invalid
         // sequence is in this first piece, the rest has not arrived.
-        let input = frame(true, 1, &[b"abc\xf4\x90\x80\x80".as_slice(), &[b'x'; 992]].concat());
+        let input = frame(
+            true,
+            1,
+            &[b"abc\xf4\x90\x80\x80".as_slice(), &[b'x'; 992]].concat(),
+        );
         let mut ws = server();
         let mut first = input[..20].to_vec();
         assert_eq!(ws.read(&mut first), Err(ProtocolError::InvalidUtf8));
@@ -403,7 +445,10 @@ mod tests {
     #[test]
     fn client_role_refuses_masked_frames() {
         let mut ws = WebSocket::new(Role::Client, 1000);
-        assert_eq!(ws.read(&mut frame(true, 1, b"x")), Err(ProtocolError::MaskedFrame));
+        assert_eq!(
+            ws.read(&mut frame(true, 1, b"x")),
+            Err(ProtocolError::MaskedFrame)
+        );
         let mut ok = b"\x81\x02hi".to_vec();
         assert_eq!(ws.read(&mut ok), Ok((4, Some(Event::Text("hi")))));
     }

@@ -1,0 +1,268 @@
+//! Who is connected where: the global channel's members and a room's members with their names.
+//!
+//! Owns membership, the per-member rate-limit bucket and name de-duplication (the text rules are in
+//! [`super::names`]). Which connection a [`MemberId`] is, and sending to it, is the reactor's business.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::ratelimit::TokenBucket;
+use super::{names, MemberId};
+
+/// Hashes a [`MemberId`] with a SplitMix64 finaliser instead of SipHash.
+///
+/// Member ids are chosen by the reactor, not by peers, so there is no flooding attack to defend against,
+/// and the lookup is on every message's path. The finaliser spreads the slab index (low bits) over the
+/// whole word, which `HashMap` needs: it takes its bucket from the low bits and a tag from the high ones.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if MemberId's Hash changes shape; stay correct, if slower.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// A map keyed by [`MemberId`] with [`IdHasher`].
+pub(crate) type IdMap<V> = HashMap<MemberId, V, BuildHasherDefault<IdHasher>>;
+
+/// The members of the global channel `/ws`.
+///
+/// Order does not matter there (every member gets every message), so leaving is a `swap_remove` with a
+/// position index: O(1) join and leave however many are connected.
+#[derive(Debug, Default)]
+pub(crate) struct GlobalPresence {
+    /// The fan-out list, handed to the reactor as a slice.
+    members: Vec<MemberId>,
+    /// INVARIANT: `index[&members[i]].pos == i` for every `i`, and `index` has no other keys.
+    index: IdMap<GlobalMember>,
+}
+
+#[derive(Debug)]
+struct GlobalMember {
+    pos: usize,
+    /// `None` when rate limiting is off.
+    bucket: Option<TokenBucket>,
+}
+
+impl GlobalPresence {
+    /// Adds `m`; a second join of the same member only replaces its bucket.
+    pub(crate) fn join(&mut self, m: MemberId, bucket: Option<TokenBucket>) {
+        let pos = self.members.len();
+        let old = self.index.insert(m, GlobalMember { pos, bucket });
+        match old {
+            None => self.members.push(m),
+            Some(old) => {
+                debug_assert!(false, "bug: {m:?} joined the global channel twice");
+                self.index.get_mut(&m).expect("just inserted").pos = old.pos;
+            }
+        }
+    }
+
+    /// Removes `m`; false if it was not a member.
+    pub(crate) fn leave(&mut self, m: MemberId) -> bool {
+        let Some(gone) = self.index.remove(&m) else {
+            return false;
+        };
+        self.members.swap_remove(gone.pos);
+        if let Some(&moved) = self.members.get(gone.pos) {
+            self.index
+                .get_mut(&moved)
+                .expect("bug: global member without an index entry")
+                .pos = gone.pos;
+        }
+        true
+    }
+
+    pub(crate) fn members(&self) -> &[MemberId] {
+        &self.members
+    }
+
+    /// The bucket of `m`; `None` for a non-member or when rate limiting is off.
+    pub(crate) fn bucket_mut(&mut self, m: MemberId) -> Option<&mut TokenBucket> {
+        self.index.get_mut(&m)?.bucket.as_mut()
+    }
+}
+
+/// One member of a room.
+#[derive(Debug)]
+pub(crate) struct RoomMember {
+    /// The name in use, after cleaning and de-duplication.
+    pub(crate) name: Box<str>,
+    /// `None` when rate limiting is off.
+    pub(crate) bucket: Option<TokenBucket>,
+}
+
+/// The members of one room, in join order.
+///
+/// Join order is kept (for `room_members` and the `users` list of `welcome`), so leaving shifts the tail
+/// of `order` instead of a `swap_remove`. That is O(room size), but so is the `leave` event every
+/// remaining member is sent, and shifting a `Vec<u64>` is a `memmove` far cheaper than queueing that
+/// event; everything else is an O(1) hash lookup.
+#[derive(Debug, Default)]
+pub(crate) struct RoomPresence {
+    order: Vec<MemberId>,
+    /// INVARIANT: the keys of `members` are exactly the elements of `order`.
+    members: IdMap<RoomMember>,
+    /// INVARIANT: exactly the `name`s in `members`, for de-duplication without a scan. SipHash (the
+    /// default) here, unlike [`IdMap`]: names come from peers.
+    names: HashSet<Box<str>>,
+    /// Suffix pools of the base names that collided, dropped once idle (see [`names::SuffixPool`]).
+    suffixes: HashMap<Box<str>, names::SuffixPool>,
+}
+
+impl RoomPresence {
+    /// Adds `m` under `wanted` (already cleaned), de-duplicated, and returns the name it got. O(log k)
+    /// for `k` members asking for the same name.
+    ///
+    /// A member that is already here (a reactor bug) is first removed, so the invariants hold.
+    pub(crate) fn join(
+        &mut self,
+        m: MemberId,
+        wanted: String,
+        bucket: Option<TokenBucket>,
+    ) -> &RoomMember {
+        if self.members.contains_key(&m) {
+            debug_assert!(false, "bug: {m:?} joined the same room twice");
+            self.leave(m);
+        }
+        let name: Box<str> = if self.names.contains(wanted.as_str()) {
+            let pool = self
+                .suffixes
+                .entry(wanted.as_str().into())
+                .or_insert_with(names::SuffixPool::new);
+            pool.pick(&wanted, |n| self.names.contains(n)).into()
+        } else {
+            wanted.into()
+        };
+        self.names.insert(name.clone());
+        self.order.push(m);
+        self.members.entry(m).or_insert(RoomMember { name, bucket })
+    }
+
+    /// Removes `m` and returns what it was; `None` if it was not a member.
+    pub(crate) fn leave(&mut self, m: MemberId) -> Option<RoomMember> {
+        let gone = self.members.remove(&m)?;
+        self.names.remove(&gone.name);
+        if let Some((base, n)) = names::split_suffix(&gone.name) {
+            if let Some(pool) = self.suffixes.get_mut(base) {
+                pool.release(n);
+                if pool.is_idle() {
+                    self.suffixes.remove(base);
+                }
+            }
+        }
+        let pos = self
+            .order
+            .iter()
+            .position(|&x| x == m)
+            .expect("bug: room member missing from the join order");
+        self.order.remove(pos);
+        Some(gone)
+    }
+
+    pub(crate) fn get_mut(&mut self, m: MemberId) -> Option<&mut RoomMember> {
+        self.members.get_mut(&m)
+    }
+
+    /// Members in join order.
+    pub(crate) fn members(&self) -> &[MemberId] {
+        &self.order
+    }
+
+    /// Names in join order; `Clone` so it can be serialised without collecting.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> + Clone + '_ {
+        self.order.iter().map(|m| &*self.members[m].name)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_global(p: &GlobalPresence) {
+        assert_eq!(p.members.len(), p.index.len());
+        for (i, m) in p.members.iter().enumerate() {
+            assert_eq!(p.index[m].pos, i);
+        }
+    }
+
+    #[test]
+    fn global_join_leave_keeps_the_index() {
+        let mut p = GlobalPresence::default();
+        for i in 0..5 {
+            p.join(MemberId(i), None);
+        }
+        check_global(&p);
+        assert!(p.leave(MemberId(1)));
+        check_global(&p);
+        assert!(p.leave(MemberId(4))); // the last one: nothing moves
+        check_global(&p);
+        assert!(!p.leave(MemberId(4)));
+        let mut left: Vec<u64> = p.members().iter().map(|m| m.0).collect();
+        left.sort_unstable();
+        assert_eq!(left, [0, 2, 3]);
+        for m in [0, 2, 3] {
+            assert!(p.leave(MemberId(m)));
+        }
+        check_global(&p);
+        assert!(p.members().is_empty());
+    }
+
+    #[test]
+    fn room_keeps_join_order_and_names() {
+        let mut p = RoomPresence::default();
+        let name = |p: &mut RoomPresence, m: u64, n: &str| {
+            p.join(MemberId(m), n.into(), None).name.to_string()
+        };
+        assert_eq!(name(&mut p, 1, "alice"), "alice");
+        assert_eq!(name(&mut p, 2, "bob"), "bob");
+        assert_eq!(name(&mut p, 3, "alice"), "alice#2");
+        assert_eq!(name(&mut p, 4, "alice"), "alice#3");
+        assert_eq!(p.leave(MemberId(3)).unwrap().name.as_ref(), "alice#2");
+        assert!(p.leave(MemberId(3)).is_none());
+        assert_eq!(p.members(), [MemberId(1), MemberId(2), MemberId(4)]);
+        assert_eq!(name(&mut p, 5, "alice"), "alice#2");
+        let names: Vec<&str> = p.names().collect();
+        assert_eq!(names, ["alice", "bob", "alice#3", "alice#2"]);
+        assert_eq!(p.len(), 4);
+        for m in [1, 2, 4, 5] {
+            assert!(p.leave(MemberId(m)).is_some());
+        }
+        assert!(p.is_empty() && p.names.is_empty());
+        assert!(p.suffixes.is_empty(), "idle suffix pools are dropped");
+    }
+
+    #[test]
+    fn id_hasher_spreads_low_bits() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<IdHasher>::default();
+        let h: HashSet<u64> = (0..1000u64)
+            .map(|i| b.hash_one(MemberId(i)) & 0x3ff)
+            .collect();
+        // Consecutive ids should land in many different buckets of a 1024-slot table.
+        assert!(h.len() > 550, "{}", h.len());
+    }
+}

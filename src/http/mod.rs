@@ -1,0 +1,221 @@
+//! The HTTP surface of SPEC §3: routing a request target to a [`Route`] and
+//! writing plain answers (status line, headers, body).
+//!
+//! Routes are computed from the request alone; the reactor fills the bodies
+//! from the chat and the metrics, because only it owns them. WebSocket state
+//! is not touched here. The browser client page is built into the binary.
+
+use std::fmt::Write;
+
+/// The browser client (SPEC §5), served at `GET /`.
+pub const CLIENT_PAGE: &str = include_str!("client.html");
+
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    Page,
+    Health,
+    Metrics,
+    Messages,
+    Rooms,
+    /// `/rooms/{room}/messages`; `room` is the raw (still percent-encoded) segment.
+    RoomMessages {
+        room: &'a str,
+        since: Option<u64>,
+    },
+    Echo,
+    Global,
+    /// `/ws/{room}/{client}`; both raw segments.
+    Room {
+        room: &'a str,
+        client: &'a str,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    NotFound,
+}
+
+impl Route<'_> {
+    /// Whether this route is a WebSocket endpoint (needs an upgrade).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Route::Echo | Route::Global | Route::Room { .. })
+    }
+}
+
+/// Maps a path and query to a route. `echo` is false under `--no-echo`.
+pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a> {
+    let since = || {
+        query
+            .and_then(|q| query_param(q, "since"))
+            .and_then(|v| v.parse().ok())
+    };
+    let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
+    match (segs.next(), segs.next(), segs.next(), segs.next()) {
+        (Some(""), None, _, _) => Route::Page,
+        (Some("healthz"), None, _, _) => Route::Health,
+        (Some("metrics"), None, _, _) => Route::Metrics,
+        (Some("messages"), None, _, _) => Route::Messages,
+        (Some("rooms"), None, _, _) => Route::Rooms,
+        (Some("rooms"), Some(room), Some("messages"), None) => Route::RoomMessages {
+            room,
+            since: since(),
+        },
+        (Some("echo"), None, _, _) if echo => Route::Echo,
+        (Some("ws"), None, _, _) => Route::Global,
+        (Some("ws"), Some(room), Some(client), None) => Route::Room {
+            room,
+            client,
+            since: since(),
+            epoch: query
+                .and_then(|q| query_param(q, "epoch"))
+                .map(|e| percent_decode(e).into_owned()),
+        },
+        _ => Route::NotFound,
+    }
+}
+
+/// The raw value of `name` in a query string.
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+pub(crate) use crate::chat::percent_decode;
+
+/// A plain HTTP answer.
+pub struct Response<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    /// Extra header lines, each ending in `\r\n`.
+    pub extra: &'a str,
+}
+
+/// Writes `resp` as HTTP/1.1 bytes; `head_only` omits the body (HEAD), keeping its length.
+pub fn write_response(resp: &Response<'_>, keep_alive: bool, head_only: bool) -> Vec<u8> {
+    let mut head = String::with_capacity(192 + resp.extra.len());
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}Connection: {}\r\n\r\n",
+        resp.status,
+        reason(resp.status),
+        resp.content_type,
+        resp.body.len(),
+        resp.extra,
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    let mut out = head.into_bytes();
+    if !head_only {
+        out.extend_from_slice(resp.body);
+    }
+    out
+}
+
+/// An error answer with a one-line text body.
+pub fn error_response(status: u16, extra: &str) -> Vec<u8> {
+    let body = format!("{} {}\n", status, reason(status));
+    write_response(
+        &Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.as_bytes(),
+            extra,
+        },
+        false,
+        false,
+    )
+}
+
+/// The standard reason phrase.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/", None, true), Route::Page);
+        assert_eq!(route("/healthz", None, true), Route::Health);
+        assert_eq!(route("/echo", None, true), Route::Echo);
+        assert_eq!(route("/echo", None, false), Route::NotFound);
+        assert_eq!(route("/ws", None, true), Route::Global);
+        assert_eq!(route("/ws/lobby", None, true), Route::NotFound);
+        assert_eq!(route("/ws/a/b/c", None, true), Route::NotFound);
+        assert_eq!(
+            route("/ws/a%20b/bob", Some("since=5&epoch=e%2D1"), true),
+            Route::Room {
+                room: "a%20b",
+                client: "bob",
+                since: Some(5),
+                epoch: Some("e-1".into())
+            }
+        );
+        assert_eq!(
+            route("/rooms/x/messages", Some("since=2"), true),
+            Route::RoomMessages {
+                room: "x",
+                since: Some(2)
+            }
+        );
+        assert_eq!(route("/rooms/x", None, true), Route::NotFound);
+        assert_eq!(route("/nope", None, true), Route::NotFound);
+        assert_eq!(route("/healthz/", None, true), Route::NotFound);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+        assert_eq!(percent_decode("%FF"), "\u{FFFD}");
+    }
+
+    #[test]
+    fn response_bytes() {
+        let r = write_response(
+            &Response {
+                status: 200,
+                content_type: "application/json",
+                body: b"{}",
+                extra: "",
+            },
+            true,
+            false,
+        );
+        let s = String::from_utf8(r).unwrap();
+        assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(s.contains("Content-Length: 2\r\n"));
+        assert!(s.ends_with("\r\n\r\n{}"));
+        let head = write_response(
+            &Response {
+                status: 200,
+                content_type: "text/html",
+                body: b"abc",
+                extra: "",
+            },
+            false,
+            true,
+        );
+        assert!(String::from_utf8(head)
+            .unwrap()
+            .ends_with("Connection: close\r\n\r\n"));
+    }
+}

@@ -1,0 +1,64 @@
+//! The `wisp` binary: parse options, bind, run the reactor.
+//!
+//! Bad options exit with status 2 and one line naming the option (SPEC §2).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, info};
+
+use wisp::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Client { url }) = cli.command {
+        return match wisp::client::run(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wisp client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cfg = match cli.serve.into_config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    wisp::logger::init(cfg.log);
+    let bind = cfg.bind;
+    let reactor = match wisp::reactor::Reactor::bind(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot listen on {bind}: {e}");
+            eprintln!("error: --bind {bind}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = reactor.local_addr();
+    info!(
+        "wisp {} listening on http://{addr}/ (browser client: http://{addr}/, WebSocket: ws://{addr}/ws)",
+        env!("CARGO_PKG_VERSION")
+    );
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("reactor failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

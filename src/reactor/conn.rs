@@ -1,0 +1,349 @@
+//! One connection: its socket, its phase, its unread tail and its output.
+//!
+//! `Conn` is kept small because there may be tens of thousands: an idle open
+//! WebSocket owns no heap (empty `tail`, empty backlog, no message underway).
+//! Output for the current loop turn is not stored here but in the reactor's
+//! [`Cork`], one shared arena for all connections; only bytes a socket would
+//! not take go to the per-connection [`Backlog`].
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+use mio::net::TcpStream;
+
+use crate::chat::RoomKey;
+use crate::protocol::WebSocket;
+
+/// A slab key with the generation of its occupant, so a deadline or a chat
+/// membership that outlives its connection is recognised as stale after the
+/// slot is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnKey {
+    pub(crate) index: u32,
+    pub(crate) gen: u32,
+}
+
+impl ConnKey {
+    pub(crate) fn member(self) -> crate::chat::MemberId {
+        crate::chat::MemberId(((self.gen as u64) << 32) | self.index as u64)
+    }
+
+    pub(crate) fn from_member(m: crate::chat::MemberId) -> ConnKey {
+        ConnKey {
+            index: m.0 as u32,
+            gen: (m.0 >> 32) as u32,
+        }
+    }
+}
+
+/// What a WebSocket connection is attached to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Endpoint {
+    Echo,
+    Global,
+    Room(RoomKey),
+}
+
+/// The state of one connection. Deadlines are ticks of the timer wheel.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Waiting for a complete HTTP request head (the first one, or the next
+    /// one on a keep-alive connection); dropped at `deadline`.
+    AwaitingRequest { deadline: u32 },
+    /// An open WebSocket. `pinged`: a ping went out since the last frame in.
+    Open {
+        ws: WebSocket,
+        endpoint: Endpoint,
+        pinged: bool,
+    },
+    /// We sent (or queued) Close: input is discarded until the peer's FIN,
+    /// at most until `deadline` (5 s). `fin_sent`: our write side is shut.
+    ClosingByUs { deadline: u32, fin_sent: bool },
+    /// Writing the last bytes (an HTTP answer, a close echo), then closing.
+    Finishing { deadline: u32 },
+    /// Transient: the WebSocket is moved out while one of its events is handled.
+    Busy,
+}
+
+/// A chunk of pending output: a frame of our own or one shared by a broadcast.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Rc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(r) => r,
+        }
+    }
+}
+
+/// Output a socket did not take yet. Empty (no heap) for a healthy peer.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written. INVARIANT: < front's length.
+    offset: usize,
+    /// Bytes still to write, over all chunks.
+    pub(crate) bytes: usize,
+}
+
+impl Backlog {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    pub(crate) fn push(&mut self, chunk: Chunk) {
+        let n = chunk.bytes().len();
+        if n > 0 {
+            self.bytes += n;
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Queues a chunk whose first `written` bytes are already on the wire.
+    /// Only valid on an empty backlog (the chunk becomes the front).
+    pub(crate) fn push_started(&mut self, chunk: Chunk, written: usize) {
+        assert!(self.chunks.is_empty(), "bug: a started chunk behind others");
+        self.offset = written;
+        self.bytes = chunk.bytes().len() - written;
+        self.chunks.push_back(chunk);
+    }
+
+    /// Drops everything not yet begun: the front chunk is kept (its frame is
+    /// half on the wire) so that a close frame queued next stays well framed.
+    pub(crate) fn truncate_to_current_frame(&mut self) {
+        if self.offset == 0 {
+            self.chunks.clear();
+            self.bytes = 0;
+        } else {
+            self.chunks.truncate(1);
+            self.bytes = self
+                .chunks
+                .front()
+                .map_or(0, |c| c.bytes().len() - self.offset);
+        }
+    }
+
+    /// Marks `n` bytes written.
+    fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let front = self
+                .chunks
+                .front()
+                .expect("bug: consumed past the backlog")
+                .bytes()
+                .len()
+                - self.offset;
+            if n >= front {
+                n -= front;
+                self.offset = 0;
+                self.chunks.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            // Give the ring back: an idle connection holds no heap.
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    /// Writes as much as the socket takes; returns bytes written.
+    pub(crate) fn write_to(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.is_empty() {
+            let mut iov = [IoSlice::new(&[]); 64];
+            let mut n_iov = 0;
+            for (i, c) in self.chunks.iter().take(iov.len()).enumerate() {
+                let b = c.bytes();
+                iov[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+                n_iov += 1;
+            }
+            match stream.write_vectored(&iov[..n_iov]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.consume(n);
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// "No node": the end of a cork list.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// One connection's slot in the slab.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) gen: u32,
+    pub(crate) phase: Phase,
+    /// Unconsumed input. INVARIANT: non-empty only while a request head, a
+    /// frame header or a control frame is incomplete (payloads of data frames
+    /// are taken by the WebSocket as they arrive), so it stays small.
+    pub(crate) tail: Vec<u8>,
+    pub(crate) backlog: Backlog,
+    /// Tick of the last frame received (heartbeat and idle timeout).
+    pub(crate) last_rx: u32,
+    /// Due tick of this connection's live timer entry; other entries are stale.
+    pub(crate) timer_due: u32,
+    /// First and last node of this turn's output in the cork, or `NONE`.
+    pub(crate) cork_head: u32,
+    pub(crate) cork_tail: u32,
+}
+
+impl Conn {
+    pub(crate) fn key(&self, index: usize) -> ConnKey {
+        ConnKey {
+            index: index as u32,
+            gen: self.gen,
+        }
+    }
+}
+
+/// One turn's output for every connection, in buffers reused across turns:
+/// a broadcast frame is stored once in `shared` and linked into each
+/// recipient's list; frames for one peer (echo, pong, welcome) are copied
+/// back to back into `bytes`. At the end of the turn each dirty connection's
+/// list becomes one vectored write.
+#[derive(Debug, Default)]
+pub(crate) struct Cork {
+    pub(crate) shared: Vec<Rc<[u8]>>,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) nodes: Vec<Node>,
+    /// Slab indices with a list this turn, each once.
+    pub(crate) dirty: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Node {
+    pub(crate) item: Item,
+    pub(crate) next: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Item {
+    /// Index into `Cork::shared`.
+    Shared(u32),
+    /// A range of `Cork::bytes`.
+    Local { start: u32, len: u32 },
+}
+
+impl Cork {
+    pub(crate) fn item_bytes(&self, item: Item) -> &[u8] {
+        match item {
+            Item::Shared(i) => &self.shared[i as usize],
+            Item::Local { start, len } => &self.bytes[start as usize..(start + len) as usize],
+        }
+    }
+
+    /// Appends `item` to `conn`'s list for this turn.
+    pub(crate) fn link(&mut self, index: u32, conn: &mut Conn, item: Item) {
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Node { item, next: NONE });
+        if conn.cork_head == NONE {
+            conn.cork_head = id;
+            self.dirty.push(index);
+        } else {
+            self.nodes[conn.cork_tail as usize].next = id;
+        }
+        conn.cork_tail = id;
+    }
+
+    /// Forgets this turn, keeping capacity (but not a huge one-off buffer).
+    pub(crate) fn clear(&mut self) {
+        self.shared.clear();
+        self.nodes.clear();
+        self.dirty.clear();
+        self.bytes.clear();
+        if self.bytes.capacity() > 4 << 20 {
+            self.bytes = Vec::new();
+        }
+    }
+}
+
+/// Writes `conn`'s backlog and then its cork list with as few `writev` calls
+/// as possible; whatever the socket does not take is moved to the backlog.
+/// Returns the bytes written.
+pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
+    let mut written = 0;
+    if !conn.backlog.is_empty() {
+        written += conn.backlog.write_to(&mut conn.stream)?;
+    }
+    let mut node = std::mem::replace(&mut conn.cork_head, NONE);
+    conn.cork_tail = NONE;
+    // Skipped when the backlog is still non-empty: order must be kept.
+    let mut skip = 0usize;
+    while node != NONE && conn.backlog.is_empty() {
+        let mut iov = [IoSlice::new(&[]); 64];
+        let mut n_iov = 0;
+        let mut cursor = node;
+        while cursor != NONE && n_iov < iov.len() {
+            let n = cork.nodes[cursor as usize];
+            let b = cork.item_bytes(n.item);
+            iov[n_iov] = IoSlice::new(if n_iov == 0 { &b[skip..] } else { b });
+            n_iov += 1;
+            cursor = n.next;
+        }
+        let result = loop {
+            match conn.stream.write_vectored(&iov[..n_iov]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let mut n = match result {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        };
+        written += n;
+        // Advance over what was written.
+        while n > 0 {
+            let left = cork.item_bytes(cork.nodes[node as usize].item).len() - skip;
+            if n >= left {
+                n -= left;
+                skip = 0;
+                node = cork.nodes[node as usize].next;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        if cursor != NONE && node == cursor {
+            continue; // the whole batch went out; more nodes follow
+        }
+        if node != NONE {
+            break; // short write: the socket is full
+        }
+    }
+    // Keep what the socket did not take. A frame cut by a short write keeps
+    // its written prefix and an offset, so the backlog knows it is mid-frame.
+    while node != NONE {
+        let n = cork.nodes[node as usize];
+        let chunk = match n.item {
+            Item::Shared(i) => Chunk::Shared(cork.shared[i as usize].clone()),
+            item => Chunk::Owned(cork.item_bytes(item).to_vec()),
+        };
+        if skip > 0 {
+            conn.backlog.push_started(chunk, skip);
+        } else {
+            conn.backlog.push(chunk);
+        }
+        skip = 0;
+        node = n.next;
+    }
+    Ok(written)
+}

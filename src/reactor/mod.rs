@@ -1,0 +1,1125 @@
+//! The reactor: one `mio::Poll`, one thread, every connection.
+//!
+//! Owns the loop (poll, dispatch by `Token`), the slab of [`Conn`]s, the one
+//! shared receive buffer, the per-turn output cork and the timer wheel. It is
+//! the only module that reads clocks and touches sockets: the protocol core
+//! and the chat are handed bytes and `now`, and hand back events.
+//!
+//! A turn: poll → accept / read every ready socket (decode, apply to the
+//! chat, queue frames into the cork) → fire due timers → write each dirty
+//! connection once with a vectored write → close what must close.
+
+pub mod conn;
+pub mod listener;
+pub mod timer;
+
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::chat::{self, Chat, ChatConfig, GlobalPost, Micros, Post, Resume, RoomKey};
+use crate::config::{Config, CLOSE_TIMEOUT};
+use crate::http::{self, Route};
+use crate::metrics::{Gauges, Metrics};
+use crate::protocol::close::write_close_payload;
+use crate::protocol::frame::{encode_frame, encode_header, Fin, MAX_HEADER};
+use crate::protocol::handshake::{self, HandshakeError, Method};
+use crate::protocol::{CloseCode, Decoded, Event, OpCode, Role, WebSocket};
+use conn::{Conn, ConnKey, Cork, Endpoint, Item, Phase, NONE};
+use timer::{Tick, Wheel, TICK};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Size of the one receive buffer shared by every connection.
+const RECV_BUFFER: usize = 256 * 1024;
+
+/// What a timer entry is for.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// When to check a connection: handshake deadline, ping, idle or close timeout.
+    Conn(ConnKey),
+    /// When the oldest message of a room expires.
+    Room(RoomKey),
+    /// When the oldest message of the global channel expires.
+    Global,
+}
+
+/// The daemon's state, apart from the poller and the receive buffer.
+struct Core {
+    cfg: Config,
+    conns: Slab<Conn>,
+    cork: Cork,
+    wheel: Wheel<Deadline>,
+    chat: Chat,
+    metrics: Metrics,
+    /// Connections per peer address, kept only under `--max-connections-per-ip`.
+    per_ip: std::collections::HashMap<IpAddr, u32>,
+    /// Connections to close at the end of the turn (after their output is written).
+    doomed: Vec<ConnKey>,
+    next_gen: u32,
+    websockets: usize,
+    started: Instant,
+    /// This turn's clock readings.
+    now: Instant,
+    tick: Tick,
+    wall: Micros,
+    ping_ticks: u32,
+    idle_ticks: u32,
+    handshake_ticks: u32,
+    close_ticks: u32,
+    /// The address the listener is bound to (for the page URL and logs).
+    local: SocketAddr,
+}
+
+/// The running daemon.
+pub struct Reactor {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: signal_hook_mio::v1_0::Signals,
+    rbuf: Vec<u8>,
+    core: Core,
+}
+
+impl Reactor {
+    /// Binds the listener and sets everything up; nothing is served until [`Reactor::run`].
+    pub fn bind(cfg: Config) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let mut listener = listener::bind(cfg.bind)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let local = listener.local_addr()?;
+        let now = Instant::now();
+        let wall = wall_micros();
+        let secs = |d: Duration| (d.as_millis() / TICK.as_millis()) as u32;
+        let chat = Chat::new(
+            ChatConfig {
+                ttl_secs: cfg.history_ttl.as_secs(),
+                history_max: cfg.history_max,
+                rate_limit: cfg.rate_limit.map(|r| chat::RateLimit {
+                    tokens: r.tokens,
+                    per_secs: r.per_secs,
+                }),
+            },
+            wall ^ ((std::process::id() as u64) << 40),
+        );
+        let core = Core {
+            ping_ticks: secs(cfg.ping_interval),
+            idle_ticks: secs(cfg.idle_timeout),
+            handshake_ticks: secs(cfg.handshake_timeout),
+            close_ticks: secs(CLOSE_TIMEOUT),
+            conns: Slab::new(),
+            cork: Cork::default(),
+            wheel: Wheel::new(now),
+            chat,
+            metrics: Metrics::default(),
+            per_ip: Default::default(),
+            doomed: Vec::new(),
+            next_gen: 0,
+            websockets: 0,
+            started: now,
+            now,
+            tick: 0,
+            wall,
+            local,
+            cfg,
+        };
+        Ok(Reactor {
+            poll,
+            listener: Some(listener),
+            signals,
+            rbuf: vec![0; RECV_BUFFER],
+            core,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.core.local
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully (SPEC §6):
+    /// stop accepting, close 1001 to every peer, wait up to 5 s, return.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut shutdown_by: Option<Instant> = None;
+        loop {
+            let timeout = self.core.wheel.timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.core.clock();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SIGNALS => {
+                        if self.signals.pending().next().is_some() && shutdown_by.is_none() {
+                            shutdown_by = Some(self.core.now + CLOSE_TIMEOUT);
+                            self.begin_shutdown();
+                        }
+                    }
+                    Token(i) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.core.on_readable(i, &mut self.rbuf);
+                        }
+                        if event.is_writable() {
+                            self.core.on_writable(i);
+                        }
+                    }
+                }
+            }
+            self.core.fire_timers();
+            self.core.end_turn();
+            if let Some(by) = shutdown_by {
+                if self.core.conns.is_empty() || Instant::now() >= by {
+                    info!(
+                        "wisp stopped ({} connections still open at exit)",
+                        self.core.conns.len()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        info!(
+            "shutting down: no new connections, closing {} peers with 1001",
+            self.core.conns.len()
+        );
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let keys: Vec<ConnKey> = self.core.conns.iter().map(|(i, c)| c.key(i)).collect();
+        for key in keys {
+            let c = &self.core.conns[key.index as usize];
+            if matches!(c.phase, Phase::Open { .. }) {
+                self.core.fail(
+                    key,
+                    CloseCode::Away,
+                    "server shutting down",
+                    Leave::Silently,
+                );
+            } else if !matches!(c.phase, Phase::ClosingByUs { .. }) {
+                self.core.doomed.push(key);
+            }
+        }
+        self.core.end_turn();
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((stream, addr)) => self.core.admit(stream, addr, self.poll.registry()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: counted, logged, and the loop goes on.
+                    self.core.metrics.accept_errors += 1;
+                    debug!("accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a departing room member owes the others a `leave` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    Announce,
+    /// Shutdown: no `leave` events are owed (SPEC §4.4).
+    Silently,
+}
+
+fn wall_micros() -> Micros {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as Micros)
+}
+
+impl Core {
+    fn clock(&mut self) {
+        self.now = Instant::now();
+        self.tick = self.wheel.tick_of(self.now);
+        self.wall = wall_micros();
+    }
+
+    fn tick32(&self) -> u32 {
+        self.tick as u32
+    }
+
+    /// Schedules `key`'s next check at `due` and makes it the live entry.
+    fn arm(&mut self, key: ConnKey, due: u32) {
+        if let Some(c) = self.conns.get_mut(key.index as usize) {
+            c.timer_due = due;
+            self.wheel.insert(due as Tick, Deadline::Conn(key));
+        }
+    }
+
+    fn admit(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        addr: SocketAddr,
+        registry: &mio::Registry,
+    ) {
+        self.metrics.connections_total += 1;
+        let ip = addr.ip();
+        let over_ip = self.cfg.max_connections_per_ip > 0
+            && self.per_ip.get(&ip).copied().unwrap_or(0) >= self.cfg.max_connections_per_ip;
+        if self.conns.len() >= self.cfg.max_connections || over_ip {
+            self.metrics.rejected_connections += 1;
+            debug!(
+                "refusing {addr}: {}",
+                if over_ip {
+                    "per-address limit"
+                } else {
+                    "connection limit"
+                }
+            );
+            // Best effort: the answer fits any socket buffer; then close.
+            let _ = io::Write::write(
+                &mut stream,
+                &http::error_response(503, "Retry-After: 1\r\n"),
+            );
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let deadline = self.tick32() + self.handshake_ticks;
+        let tick = self.tick32();
+        let gen = self.next_gen.wrapping_add(1);
+        let entry = self.conns.vacant_entry();
+        let index = entry.key();
+        if index >= (NONE as usize) - 2 {
+            return;
+        }
+        // Readable and writable, edge-triggered, once: no epoll_ctl per write.
+        if let Err(e) = registry.register(
+            &mut stream,
+            Token(index),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            debug!("register failed: {e}");
+            return;
+        }
+        entry.insert(Conn {
+            stream,
+            gen,
+            phase: Phase::AwaitingRequest { deadline },
+            tail: Vec::new(),
+            backlog: Default::default(),
+            last_rx: tick,
+            timer_due: 0,
+            cork_head: NONE,
+            cork_tail: NONE,
+        });
+        self.next_gen = gen;
+        if self.cfg.max_connections_per_ip > 0 {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+        }
+        self.arm(
+            ConnKey {
+                index: index as u32,
+                gen,
+            },
+            deadline,
+        );
+        debug!("connection {index} from {addr}");
+    }
+
+    /// Reads until the socket is drained, handing bytes to the connection's phase.
+    fn on_readable(&mut self, index: usize, rbuf: &mut [u8]) {
+        loop {
+            let Some(c) = self.conns.get_mut(index) else {
+                return;
+            };
+            let key = c.key(index);
+            // Put the kept tail in front of the new bytes.
+            let start = c.tail.len();
+            if start > 0 {
+                rbuf[..start].copy_from_slice(&c.tail);
+                c.tail = Vec::new();
+            }
+            let room = rbuf.len() - start;
+            let n = match c.stream.read(&mut rbuf[start..]) {
+                Ok(0) => {
+                    // FIN: whatever the phase, the peer is gone.
+                    self.drop_conn(key, Leave::Announce);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if start > 0 {
+                        c.tail = rbuf[..start].to_vec();
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if start > 0 {
+                        c.tail = rbuf[..start].to_vec();
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    debug!("read on {index}: {e}");
+                    self.drop_conn(key, Leave::Announce);
+                    return;
+                }
+            };
+            self.metrics.bytes_received += n as u64;
+            let len = start + n;
+            let used = self.consume(key, &mut rbuf[..len]);
+            if let Some(c) = self.conns.get_mut(index) {
+                if used < len && c.gen == key.gen {
+                    c.tail = rbuf[used..len].to_vec();
+                }
+            }
+            // A short read drained the socket; the next arrival is a new edge.
+            if n < room {
+                return;
+            }
+        }
+    }
+
+    /// Processes `buf` for the connection; returns the bytes used.
+    fn consume(&mut self, key: ConnKey, buf: &mut [u8]) -> usize {
+        let mut used = 0;
+        loop {
+            let Some(c) = self.conns.get_mut(key.index as usize) else {
+                return buf.len();
+            };
+            if c.gen != key.gen {
+                return buf.len();
+            }
+            let step = match c.phase {
+                Phase::AwaitingRequest { .. } => self.handle_request(key, &mut buf[used..]),
+                Phase::Open { .. } => self.handle_frames(key, &mut buf[used..]),
+                // Closing: nothing more from this peer is acted upon.
+                _ => buf.len() - used,
+            };
+            used += step;
+            if step == 0 || used == buf.len() {
+                return used;
+            }
+        }
+    }
+
+    /// One HTTP request head at the start of `buf`; returns bytes used (0: need more).
+    fn handle_request(&mut self, key: ConnKey, buf: &mut [u8]) -> usize {
+        let (req, len) = match handshake::parse(buf) {
+            Ok(Decoded::Done(r)) => r,
+            Ok(Decoded::NeedMore) => return 0,
+            Err(e) => {
+                self.metrics.handshake_failures += 1;
+                debug!("bad request on {}: {e:?}", key.index);
+                self.answer_and_close(key, http::error_response(e.status(), ""));
+                return buf.len();
+            }
+        };
+        let route = http::route(req.path(), req.query(), self.cfg.echo);
+        if route.is_websocket() {
+            if let Err(status) = self.check_origin(req.origin) {
+                self.metrics.handshake_failures += 1;
+                self.answer_and_close(key, http::error_response(status, ""));
+                return buf.len();
+            }
+            let accept = match handshake::check_upgrade(&req) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.metrics.handshake_failures += 1;
+                    debug!("refused upgrade on {}: {e:?}", key.index);
+                    let extra = match e {
+                        HandshakeError::BadVersion | HandshakeError::UpgradeRequired => {
+                            "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                        }
+                        HandshakeError::MethodNotAllowed => "Allow: GET\r\n",
+                        _ => "",
+                    };
+                    self.answer_and_close(key, http::error_response(e.status(), extra));
+                    return buf.len();
+                }
+            };
+            self.send_local(key, &handshake::switching_protocols(&accept));
+            self.open(key, route);
+            return len;
+        }
+        self.metrics.http_requests += 1;
+        let origin = req.origin.map(str::to_owned);
+        let keep_alive = req.keep_alive && !req.has_body;
+        let head_only = req.method == Method::Head;
+        let bytes = if req.method == Method::Other && route != Route::NotFound {
+            http::error_response(405, "Allow: GET, HEAD\r\n")
+        } else {
+            self.plain_answer(&route, origin.as_deref(), keep_alive, head_only)
+        };
+        if keep_alive && req.method != Method::Other {
+            self.send_local(key, &bytes);
+            let deadline = self.tick32() + self.handshake_ticks;
+            if let Some(c) = self.conns.get_mut(key.index as usize) {
+                c.phase = Phase::AwaitingRequest { deadline };
+            }
+            self.arm(key, deadline);
+            len
+        } else {
+            self.answer_and_close(key, bytes);
+            buf.len()
+        }
+    }
+
+    fn check_origin(&self, origin: Option<&str>) -> Result<(), u16> {
+        if self.cfg.allowed_origins.is_empty() {
+            return Ok(());
+        }
+        match origin {
+            Some(o)
+                if self
+                    .cfg
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o.trim_end_matches('/'))) =>
+            {
+                Ok(())
+            }
+            _ => Err(403),
+        }
+    }
+
+    fn cors(&self, origin: Option<&str>) -> String {
+        if self.cfg.allowed_origins.is_empty() {
+            return "Access-Control-Allow-Origin: *\r\n".into();
+        }
+        match origin {
+            Some(o) if self.check_origin(Some(o)).is_ok() => {
+                format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n")
+            }
+            _ => "Vary: Origin\r\n".into(),
+        }
+    }
+
+    fn plain_answer(
+        &self,
+        route: &Route<'_>,
+        origin: Option<&str>,
+        keep_alive: bool,
+        head_only: bool,
+    ) -> Vec<u8> {
+        const JSON: &str = "application/json";
+        let body: String;
+        let (status, ctype, bytes): (u16, &str, &[u8]) = match route {
+            Route::Page => (
+                200,
+                "text/html; charset=utf-8",
+                http::CLIENT_PAGE.as_bytes(),
+            ),
+            Route::Health => {
+                body = self.health_json();
+                (200, JSON, body.as_bytes())
+            }
+            Route::Metrics => {
+                body = self.metrics.render(&self.gauges());
+                (
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body.as_bytes(),
+                )
+            }
+            Route::Messages => {
+                body = self.chat.messages_json(self.wall);
+                (200, JSON, body.as_bytes())
+            }
+            Route::Rooms => {
+                body = self.chat.rooms_json(self.wall);
+                (200, JSON, body.as_bytes())
+            }
+            Route::RoomMessages { room, since } => {
+                body = self.chat.room_messages_json(room, *since, self.wall);
+                (200, JSON, body.as_bytes())
+            }
+            _ => {
+                return http::write_response(
+                    &http::Response {
+                        status: 404,
+                        content_type: "text/plain; charset=utf-8",
+                        body: b"404 Not Found\n",
+                        extra: "",
+                    },
+                    keep_alive,
+                    head_only,
+                )
+            }
+        };
+        let extra = if ctype == JSON {
+            self.cors(origin)
+        } else {
+            String::new()
+        };
+        http::write_response(
+            &http::Response {
+                status,
+                content_type: ctype,
+                body: bytes,
+                extra: &extra,
+            },
+            keep_alive,
+            head_only,
+        )
+    }
+
+    fn health_json(&self) -> String {
+        serde_json::json!({
+            "status": "ok",
+            "connections": self.websockets,
+            "rooms": self.chat.counts().rooms,
+            "uptime_s": self.now.duration_since(self.started).as_secs(),
+        })
+        .to_string()
+    }
+
+    fn gauges(&self) -> Gauges {
+        let counts = self.chat.counts();
+        Gauges {
+            connections_active: self.conns.len(),
+            websockets_active: self.websockets,
+            rooms_active: counts.rooms,
+            history_messages: counts.history_messages,
+            messages_expired: self.chat.expired_total(),
+            rate_limited: self.chat.rate_limited_total(),
+            uptime_s: self.now.duration_since(self.started).as_secs(),
+            outbound_bytes_pending: self.conns.iter().map(|(_, c)| c.backlog.bytes).sum(),
+            redis_up: None,
+        }
+    }
+
+    /// The upgrade succeeded: attach the connection to its endpoint.
+    fn open(&mut self, key: ConnKey, route: Route<'_>) {
+        let member = key.member();
+        let endpoint = match route {
+            Route::Echo => Endpoint::Echo,
+            Route::Global => {
+                self.chat.global_join(member, self.wall);
+                Endpoint::Global
+            }
+            Route::Room {
+                room,
+                client,
+                since,
+                epoch,
+            } => {
+                let joined = self.chat.join(
+                    &http::percent_decode(room),
+                    &http::percent_decode(client),
+                    member,
+                    Resume {
+                        since,
+                        epoch: epoch.as_deref(),
+                    },
+                    self.wall,
+                );
+                self.send_text_local(key, joined.welcome.as_bytes());
+                let frame = self.share(joined.join_event.as_bytes());
+                self.broadcast_room(joined.key, frame, Some(member));
+                Endpoint::Room(joined.key)
+            }
+            _ => unreachable!("bug: not a WebSocket route"),
+        };
+        self.websockets += 1;
+        let tick = self.tick32();
+        let Some(c) = self.conns.get_mut(key.index as usize) else {
+            return;
+        };
+        c.phase = Phase::Open {
+            ws: WebSocket::new(Role::Server, self.cfg.max_message_bytes),
+            endpoint,
+            pinged: false,
+        };
+        c.last_rx = tick;
+        debug!("connection {} open on {endpoint:?}", key.index);
+        self.arm(key, tick + self.ping_ticks);
+    }
+
+    /// Decodes frames at the start of `buf`; returns the bytes used.
+    fn handle_frames(&mut self, key: ConnKey, buf: &mut [u8]) -> usize {
+        let c = &mut self.conns[key.index as usize];
+        let Phase::Open { ws, endpoint, .. } = std::mem::replace(&mut c.phase, Phase::Busy) else {
+            unreachable!("bug: handle_frames outside Open")
+        };
+        let mut ws = ws;
+        c.last_rx = self.tick as u32;
+        let mut used = 0;
+        let mut outcome = Ok(());
+        while used < buf.len() {
+            match ws.read(&mut buf[used..]) {
+                Ok((0, None)) => break,
+                Ok((n, event)) => {
+                    used += n;
+                    if let Some(event) = event {
+                        if let Err(stop) = self.on_event(key, endpoint, event) {
+                            outcome = Err(stop);
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.metrics.protocol_errors += 1;
+                    debug!("protocol error on {}: {e}", key.index);
+                    outcome = Err(Stop::Fail(CloseCode::from(&e), "protocol error"));
+                    break;
+                }
+            }
+        }
+        let c = &mut self.conns[key.index as usize];
+        if matches!(c.phase, Phase::Busy) {
+            c.phase = Phase::Open {
+                ws,
+                endpoint,
+                pinged: false,
+            };
+        }
+        match outcome {
+            Ok(()) => used,
+            Err(Stop::Fail(code, reason)) => {
+                self.fail(key, code, reason, Leave::Announce);
+                buf.len()
+            }
+            Err(Stop::Echoed) => buf.len(),
+        }
+    }
+
+    /// Applies one event from an open connection.
+    fn on_event(&mut self, key: ConnKey, endpoint: Endpoint, event: Event<'_>) -> Result<(), Stop> {
+        match event {
+            Event::Text(text) => {
+                self.metrics.messages_received += 1;
+                match endpoint {
+                    Endpoint::Echo => self.send_frame_local(key, OpCode::Text, text.as_bytes()),
+                    Endpoint::Global => {
+                        match self.chat.global_post(key.member(), text, self.wall) {
+                            GlobalPost::Broadcast { arm_expiry } => {
+                                let frame = self.share(text.as_bytes());
+                                self.broadcast_global(frame);
+                                if let Some(due) = arm_expiry {
+                                    self.arm_expiry(Deadline::Global, due);
+                                }
+                            }
+                            GlobalPost::RateLimited { error } => {
+                                debug!("rate limited {}", key.index);
+                                self.send_text_local(key, error.as_bytes());
+                            }
+                        }
+                    }
+                    Endpoint::Room(room) => {
+                        match self.chat.post(room, key.member(), text, self.wall) {
+                            Post::Broadcast { event, arm_expiry } => {
+                                let frame = self.share(event.as_bytes());
+                                self.broadcast_room(room, frame, None);
+                                if let Some(due) = arm_expiry {
+                                    self.arm_expiry(Deadline::Room(room), due);
+                                }
+                            }
+                            Post::Reply { error } => {
+                                debug!("chat error for {}: {error}", key.index);
+                                self.send_text_local(key, error.as_bytes());
+                            }
+                            Post::Ignored => {}
+                        }
+                    }
+                }
+            }
+            Event::Binary(data) => {
+                self.metrics.messages_received += 1;
+                match endpoint {
+                    Endpoint::Echo => self.send_frame_local(key, OpCode::Binary, data),
+                    _ => {
+                        self.metrics.protocol_errors += 1;
+                        return Err(Stop::Fail(
+                            CloseCode::Unsupported,
+                            "binary messages are not accepted",
+                        ));
+                    }
+                }
+            }
+            Event::Ping(payload) => self.send_frame_local(key, OpCode::Pong, payload),
+            Event::Pong(_) => {}
+            Event::Close { code, .. } => {
+                // §5.5.1: answer with a Close, echoing the code; then we close TCP first.
+                let mut payload = [0u8; 125];
+                let n = match code {
+                    Some(code) => write_close_payload(code, "", &mut payload),
+                    None => 0,
+                };
+                self.send_frame_local(key, OpCode::Close, &payload[..n]);
+                self.detach(key, endpoint, Leave::Announce);
+                let deadline = self.tick32() + self.close_ticks;
+                self.conns[key.index as usize].phase = Phase::Finishing { deadline };
+                self.arm(key, deadline);
+                return Err(Stop::Echoed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame, leaves the chat and waits for the peer's FIN.
+    fn fail(&mut self, key: ConnKey, code: CloseCode, reason: &str, leave: Leave) {
+        let Some(c) = self.conns.get_mut(key.index as usize) else {
+            return;
+        };
+        if c.gen != key.gen {
+            return;
+        }
+        let endpoint = match std::mem::replace(&mut c.phase, Phase::Busy) {
+            Phase::Open { endpoint, .. } => Some(endpoint),
+            _ => None,
+        };
+        let mut payload = [0u8; 125];
+        let n = write_close_payload(code, reason, &mut payload);
+        self.send_frame_local(key, OpCode::Close, &payload[..n]);
+        if let Some(endpoint) = endpoint {
+            self.detach(key, endpoint, leave);
+        }
+        let deadline = self.tick32() + self.close_ticks;
+        self.conns[key.index as usize].phase = Phase::ClosingByUs {
+            deadline,
+            fin_sent: false,
+        };
+        self.arm(key, deadline);
+        debug!("closing {} with {code}: {reason}", key.index);
+    }
+
+    /// Removes an open connection from its channel or room.
+    fn detach(&mut self, key: ConnKey, endpoint: Endpoint, leave: Leave) {
+        self.websockets -= 1;
+        match endpoint {
+            Endpoint::Echo => {}
+            Endpoint::Global => self.chat.global_leave(key.member()),
+            Endpoint::Room(room) => {
+                if let Some(event) = self.chat.leave(room, key.member(), self.wall) {
+                    if leave == Leave::Announce {
+                        let frame = self.share(event.as_bytes());
+                        self.broadcast_room(room, frame, None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer_and_close(&mut self, key: ConnKey, bytes: Vec<u8>) {
+        self.send_local(key, &bytes);
+        let deadline = self.tick32() + self.close_ticks;
+        if let Some(c) = self.conns.get_mut(key.index as usize) {
+            c.phase = Phase::Finishing { deadline };
+        }
+        self.arm(key, deadline);
+    }
+
+    // ---- output ----------------------------------------------------------
+
+    /// Queues bytes for one connection in this turn's cork.
+    fn send_local(&mut self, key: ConnKey, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(key.index as usize) else {
+            return;
+        };
+        let start = self.cork.bytes.len() as u32;
+        self.cork.bytes.extend_from_slice(bytes);
+        self.cork.link(
+            key.index,
+            c,
+            Item::Local {
+                start,
+                len: bytes.len() as u32,
+            },
+        );
+    }
+
+    /// Queues one frame for one connection, header and payload copied once.
+    fn send_frame_local(&mut self, key: ConnKey, opcode: OpCode, payload: &[u8]) {
+        let Some(c) = self.conns.get_mut(key.index as usize) else {
+            return;
+        };
+        let mut header = [0u8; MAX_HEADER];
+        let h = encode_header(&mut header, Fin::Final, opcode, payload.len() as u64, None);
+        let start = self.cork.bytes.len() as u32;
+        self.cork.bytes.extend_from_slice(&header[..h]);
+        self.cork.bytes.extend_from_slice(payload);
+        self.cork.link(
+            key.index,
+            c,
+            Item::Local {
+                start,
+                len: (h + payload.len()) as u32,
+            },
+        );
+        if opcode != OpCode::Close {
+            self.metrics.messages_sent += 1;
+        }
+    }
+
+    fn send_text_local(&mut self, key: ConnKey, text: &[u8]) {
+        self.send_frame_local(key, OpCode::Text, text);
+    }
+
+    /// A text frame encoded once, to be shared by every recipient.
+    fn share(&mut self, payload: &[u8]) -> u32 {
+        let frame: Rc<[u8]> = Rc::from(encode_frame(OpCode::Text, payload));
+        self.cork.shared.push(frame);
+        (self.cork.shared.len() - 1) as u32
+    }
+
+    fn broadcast_room(&mut self, room: RoomKey, frame: u32, except: Option<chat::MemberId>) {
+        let members = self.chat.room_members(room);
+        broadcast(
+            &mut self.conns,
+            &mut self.cork,
+            &mut self.metrics,
+            members,
+            frame,
+            except,
+        );
+    }
+
+    fn broadcast_global(&mut self, frame: u32) {
+        let members = self.chat.global_members();
+        broadcast(
+            &mut self.conns,
+            &mut self.cork,
+            &mut self.metrics,
+            members,
+            frame,
+            None,
+        );
+    }
+
+    fn arm_expiry(&mut self, what: Deadline, due: Micros) {
+        let ticks = due
+            .saturating_sub(self.wall)
+            .div_ceil(TICK.as_micros() as u64);
+        self.wheel.insert(self.tick + ticks + 1, what);
+    }
+
+    fn on_writable(&mut self, index: usize) {
+        let Some(c) = self.conns.get(index) else {
+            return;
+        };
+        if !c.backlog.is_empty() {
+            let key = c.key(index);
+            self.flush_one(key);
+        }
+    }
+
+    /// Writes one connection's pending output and applies the consequences:
+    /// slow consumer, FIN after our close, closing after the last bytes.
+    fn flush_one(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key.index as usize) else {
+            return;
+        };
+        if c.gen != key.gen {
+            return;
+        }
+        match conn::flush(c, &self.cork) {
+            Ok(n) => self.metrics.bytes_sent += n as u64,
+            Err(e) => {
+                debug!("write on {}: {e}", key.index);
+                self.drop_conn(key, Leave::Announce);
+                return;
+            }
+        }
+        let c = &mut self.conns[key.index as usize];
+        match c.phase {
+            Phase::Open { .. } if c.backlog.bytes > self.cfg.max_outbound_bytes => {
+                self.metrics.slow_consumers += 1;
+                debug!(
+                    "slow consumer {}: {} bytes pending",
+                    key.index, c.backlog.bytes
+                );
+                c.backlog.truncate_to_current_frame();
+                self.fail(key, CloseCode::Policy, "slow consumer", Leave::Announce);
+                // The close frame is in the cork: write it now if the socket allows.
+                self.flush_one(key);
+            }
+            Phase::Finishing { .. } if c.backlog.is_empty() => self.doomed.push(key),
+            Phase::ClosingByUs {
+                deadline,
+                fin_sent: false,
+            } if c.backlog.is_empty() => {
+                // Our close is out: send FIN and wait for the peer's.
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                c.phase = Phase::ClosingByUs {
+                    deadline,
+                    fin_sent: true,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Flushes every connection written to this turn, then closes the doomed.
+    fn end_turn(&mut self) {
+        loop {
+            if self.cork.dirty.is_empty() && self.doomed.is_empty() {
+                break;
+            }
+            let dirty = std::mem::take(&mut self.cork.dirty);
+            for &index in &dirty {
+                if let Some(c) = self.conns.get(index as usize) {
+                    let key = c.key(index as usize);
+                    self.flush_one(key);
+                }
+            }
+            let mut dirty = dirty;
+            dirty.clear();
+            if self.cork.dirty.is_empty() {
+                self.cork.clear();
+                self.cork.dirty = dirty;
+            }
+            for key in std::mem::take(&mut self.doomed) {
+                self.drop_conn(key, Leave::Announce);
+            }
+        }
+    }
+
+    /// Closes the socket and forgets the connection.
+    fn drop_conn(&mut self, key: ConnKey, leave: Leave) {
+        let Some(c) = self.conns.get_mut(key.index as usize) else {
+            return;
+        };
+        if c.gen != key.gen {
+            return;
+        }
+        if let Phase::Open { endpoint, .. } = std::mem::replace(&mut c.phase, Phase::Busy) {
+            self.detach(key, endpoint, leave);
+        }
+        let c = self.conns.remove(key.index as usize);
+        if c.cork_head != NONE {
+            // Its cork list dies with it; the turn's dirty list skips missing slots.
+            self.cork.dirty.retain(|&i| i != key.index);
+        }
+        if self.cfg.max_connections_per_ip > 0 {
+            if let Ok(addr) = c.stream.peer_addr() {
+                if let Some(n) = self.per_ip.get_mut(&addr.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_ip.remove(&addr.ip());
+                    }
+                }
+            }
+        }
+        debug!("connection {} closed", key.index);
+    }
+
+    // ---- timers ----------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        let mut due = Vec::new();
+        self.wheel
+            .advance(self.now, |tick, what| due.push((tick, what)));
+        for (tick, what) in due {
+            match what {
+                Deadline::Conn(key) => self.on_conn_timer(key, tick as u32),
+                Deadline::Room(room) => {
+                    if let Some(next) = self.chat.expire_room(room, self.wall) {
+                        self.arm_expiry(Deadline::Room(room), next);
+                    }
+                }
+                Deadline::Global => {
+                    if let Some(next) = self.chat.expire_global(self.wall) {
+                        self.arm_expiry(Deadline::Global, next);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_conn_timer(&mut self, key: ConnKey, due: u32) {
+        let tick = self.tick32();
+        let (ping, idle) = (self.ping_ticks, self.idle_ticks);
+        let Some(c) = self.conns.get_mut(key.index as usize) else {
+            return;
+        };
+        if c.gen != key.gen || c.timer_due != due {
+            return; // a stale entry: the connection re-armed since
+        }
+        match &mut c.phase {
+            Phase::AwaitingRequest { deadline } if tick < *deadline => {
+                let d = *deadline;
+                self.arm(key, d);
+            }
+            Phase::AwaitingRequest { .. } => {
+                self.metrics.handshake_timeouts += 1;
+                self.metrics.handshake_failures += 1;
+                debug!("handshake timeout on {}", key.index);
+                self.drop_conn(key, Leave::Announce);
+            }
+            Phase::Open { pinged, .. } => {
+                let silent = tick.saturating_sub(c.last_rx);
+                if silent >= idle {
+                    self.metrics.idle_timeouts += 1;
+                    debug!("idle timeout on {}", key.index);
+                    self.drop_conn(key, Leave::Announce);
+                } else if silent >= ping && !*pinged {
+                    *pinged = true;
+                    let next = c.last_rx + idle;
+                    self.send_frame_local(key, OpCode::Ping, b"");
+                    self.arm(key, next);
+                } else {
+                    let next = c.last_rx + if *pinged { idle } else { ping };
+                    self.arm(key, next.max(tick + 1));
+                }
+            }
+            Phase::ClosingByUs { deadline, .. } | Phase::Finishing { deadline }
+                if tick < *deadline =>
+            {
+                let d = *deadline;
+                self.arm(key, d);
+            }
+            _ => self.drop_conn(key, Leave::Announce),
+        }
+    }
+}
+
+/// Why frame handling stopped early.
+enum Stop {
+    /// Fail the connection with this code.
+    Fail(CloseCode, &'static str),
+    /// The peer closed and we answered.
+    Echoed,
+}
+
+/// Links one shared frame into every member's list (one node per member, no copy).
+fn broadcast(
+    conns: &mut Slab<Conn>,
+    cork: &mut Cork,
+    metrics: &mut Metrics,
+    members: &[chat::MemberId],
+    frame: u32,
+    except: Option<chat::MemberId>,
+) {
+    for &m in members {
+        if Some(m) == except {
+            continue;
+        }
+        let key = ConnKey::from_member(m);
+        if let Some(c) = conns.get_mut(key.index as usize) {
+            if c.gen == key.gen {
+                cork.link(key.index, c, Item::Shared(frame));
+                metrics.messages_sent += 1;
+            }
+        }
+    }
+}
