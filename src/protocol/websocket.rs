@@ -81,20 +81,21 @@ struct Assembly {
 /// The receive side of one WebSocket connection.
 #[derive(Debug)]
 pub struct WebSocket {
-    role: Role,
-    /// Largest message accepted, after reassembly (`--max-message-bytes`).
-    max_message: usize,
     /// `None` whenever no message is half-received: the idle state owns no heap.
     assembly: Option<Box<Assembly>>,
+    /// Largest message accepted, after reassembly (`--max-message-bytes`;
+    /// 32 bits keep this struct at two words, and the option caps it at 1 GiB).
+    max_message: u32,
+    role: Role,
 }
 
 impl WebSocket {
     /// A new connection that accepts messages up to `max_message` bytes.
     pub fn new(role: Role, max_message: usize) -> WebSocket {
         WebSocket {
-            role,
-            max_message,
             assembly: None,
+            max_message: max_message.min(u32::MAX as usize) as u32,
+            role,
         }
     }
 

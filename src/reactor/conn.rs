@@ -51,12 +51,8 @@ pub(crate) enum Phase {
     /// Waiting for a complete HTTP request head (the first one, or the next
     /// one on a keep-alive connection); dropped at `deadline`.
     AwaitingRequest { deadline: u32 },
-    /// An open WebSocket. `pinged`: a ping went out since the last frame in.
-    Open {
-        ws: WebSocket,
-        endpoint: Endpoint,
-        pinged: bool,
-    },
+    /// An open WebSocket.
+    Open { ws: WebSocket, endpoint: Endpoint },
     /// We sent (or queued) Close: input is discarded until the peer's FIN,
     /// at most until `deadline` (5 s). `fin_sent`: our write side is shut.
     ClosingByUs { deadline: u32, fin_sent: bool },
@@ -184,17 +180,23 @@ impl Backlog {
 /// "No node": the end of a cork list.
 pub(crate) const NONE: u32 = u32::MAX;
 
+/// What a connection holds only while something is incomplete or unwritten.
+/// Boxed behind an `Option` so a connection with nothing pending (the
+/// normal case) pays one pointer for it and owns no heap.
+#[derive(Debug, Default)]
+pub(crate) struct Spill {
+    /// Unconsumed input. INVARIANT: non-empty only while a request head, a
+    /// frame header or a control frame is incomplete (payloads of data frames
+    /// are taken by the WebSocket as they arrive), so it stays small.
+    tail: Vec<u8>,
+    backlog: Backlog,
+}
+
 /// One connection's slot in the slab.
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) gen: u32,
-    pub(crate) phase: Phase,
-    /// Unconsumed input. INVARIANT: non-empty only while a request head, a
-    /// frame header or a control frame is incomplete (payloads of data frames
-    /// are taken by the WebSocket as they arrive), so it stays small.
-    pub(crate) tail: Vec<u8>,
-    pub(crate) backlog: Backlog,
     /// Tick of the last frame received (heartbeat and idle timeout).
     pub(crate) last_rx: u32,
     /// Due tick of this connection's live timer entry; other entries are stale.
@@ -202,13 +204,79 @@ pub(crate) struct Conn {
     /// First and last node of this turn's output in the cork, or `NONE`.
     pub(crate) cork_head: u32,
     pub(crate) cork_tail: u32,
+    /// A ping went out since the last frame in (heartbeat step one).
+    pub(crate) pinged: bool,
+    pub(crate) phase: Phase,
+    spill: Option<Box<Spill>>,
 }
 
 impl Conn {
+    /// A connection that has just been accepted.
+    pub(crate) fn new(stream: TcpStream, gen: u32, phase: Phase, tick: u32) -> Conn {
+        Conn {
+            stream,
+            gen,
+            last_rx: tick,
+            timer_due: 0,
+            cork_head: NONE,
+            cork_tail: NONE,
+            pinged: false,
+            phase,
+            spill: None,
+        }
+    }
+
     pub(crate) fn key(&self, index: usize) -> ConnKey {
         ConnKey {
             index: index as u32,
             gen: self.gen,
+        }
+    }
+
+    /// Input kept from the previous read.
+    pub(crate) fn tail(&self) -> &[u8] {
+        self.spill.as_ref().map_or(&[], |s| &s.tail)
+    }
+
+    /// Replaces the kept input with `bytes` (empty: keep nothing).
+    pub(crate) fn set_tail(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() && self.spill.is_none() {
+            return;
+        }
+        let spill = self.spill.get_or_insert_with(Default::default);
+        spill.tail.clear();
+        if bytes.is_empty() {
+            spill.tail = Vec::new();
+        } else {
+            spill.tail.extend_from_slice(bytes);
+        }
+        self.trim_spill();
+    }
+
+    /// Bytes waiting for the socket to take them.
+    pub(crate) fn backlog_bytes(&self) -> usize {
+        self.spill.as_ref().map_or(0, |s| s.backlog.bytes)
+    }
+
+    /// Keeps only the frame being written (slow consumer: the rest is dropped).
+    pub(crate) fn truncate_backlog(&mut self) {
+        if let Some(s) = self.spill.as_mut() {
+            s.backlog.truncate_to_current_frame();
+        }
+        self.trim_spill();
+    }
+
+    fn backlog_mut(&mut self) -> &mut Backlog {
+        &mut self.spill.get_or_insert_with(Default::default).backlog
+    }
+
+    fn trim_spill(&mut self) {
+        if self
+            .spill
+            .as_ref()
+            .is_some_and(|s| s.tail.is_empty() && s.backlog.is_empty())
+        {
+            self.spill = None;
         }
     }
 }
@@ -279,14 +347,17 @@ impl Cork {
 /// Returns the bytes written.
 pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
     let mut written = 0;
-    if !conn.backlog.is_empty() {
-        written += conn.backlog.write_to(&mut conn.stream)?;
+    if conn.backlog_bytes() > 0 {
+        let Conn { stream, spill, .. } = conn;
+        let backlog = &mut spill.as_mut().expect("bug: backlog without spill").backlog;
+        written += backlog.write_to(stream)?;
+        conn.trim_spill();
     }
     let mut node = std::mem::replace(&mut conn.cork_head, NONE);
     conn.cork_tail = NONE;
     // Skipped when the backlog is still non-empty: order must be kept.
     let mut skip = 0usize;
-    while node != NONE && conn.backlog.is_empty() {
+    while node != NONE && conn.backlog_bytes() == 0 {
         let mut iov = [IoSlice::new(&[]); 64];
         let mut n_iov = 0;
         let mut cursor = node;
@@ -338,12 +409,29 @@ pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
             item => Chunk::Owned(cork.item_bytes(item).to_vec()),
         };
         if skip > 0 {
-            conn.backlog.push_started(chunk, skip);
+            conn.backlog_mut().push_started(chunk, skip);
         } else {
-            conn.backlog.push(chunk);
+            conn.backlog_mut().push(chunk);
         }
         skip = 0;
         node = n.next;
     }
+    conn.trim_spill();
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Density (SPEC §1): what every open connection costs in the slab.
+    #[test]
+    fn an_idle_connection_is_small() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 80,
+            "Conn is {} bytes",
+            std::mem::size_of::<Conn>()
+        );
+        assert_eq!(std::mem::size_of::<WebSocket>(), 16);
+    }
 }

@@ -320,17 +320,12 @@ impl Core {
             debug!("register failed: {e}");
             return;
         }
-        entry.insert(Conn {
+        entry.insert(Conn::new(
             stream,
             gen,
-            phase: Phase::AwaitingRequest { deadline },
-            tail: Vec::new(),
-            backlog: Default::default(),
-            last_rx: tick,
-            timer_due: 0,
-            cork_head: NONE,
-            cork_tail: NONE,
-        });
+            Phase::AwaitingRequest { deadline },
+            tick,
+        ));
         self.next_gen = gen;
         if self.cfg.max_connections_per_ip > 0 {
             *self.per_ip.entry(ip).or_insert(0) += 1;
@@ -353,10 +348,10 @@ impl Core {
             };
             let key = c.key(index);
             // Put the kept tail in front of the new bytes.
-            let start = c.tail.len();
+            let start = c.tail().len();
             if start > 0 {
-                rbuf[..start].copy_from_slice(&c.tail);
-                c.tail = Vec::new();
+                rbuf[..start].copy_from_slice(c.tail());
+                c.set_tail(&[]);
             }
             let room = rbuf.len() - start;
             let n = match c.stream.read(&mut rbuf[start..]) {
@@ -368,13 +363,13 @@ impl Core {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if start > 0 {
-                        c.tail = rbuf[..start].to_vec();
+                        c.set_tail(&rbuf[..start]);
                     }
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     if start > 0 {
-                        c.tail = rbuf[..start].to_vec();
+                        c.set_tail(&rbuf[..start]);
                     }
                     continue;
                 }
@@ -389,7 +384,7 @@ impl Core {
             let used = self.consume(key, &mut rbuf[..len]);
             if let Some(c) = self.conns.get_mut(index) {
                 if used < len && c.gen == key.gen {
-                    c.tail = rbuf[used..len].to_vec();
+                    c.set_tail(&rbuf[used..len]);
                 }
             }
             // A short read drained the socket; the next arrival is a new edge.
@@ -603,7 +598,7 @@ impl Core {
             messages_expired: self.chat.expired_total(),
             rate_limited: self.chat.rate_limited_total(),
             uptime_s: self.now.duration_since(self.started).as_secs(),
-            outbound_bytes_pending: self.conns.iter().map(|(_, c)| c.backlog.bytes).sum(),
+            outbound_bytes_pending: self.conns.iter().map(|(_, c)| c.backlog_bytes()).sum(),
             redis_up: None,
         }
     }
@@ -648,7 +643,6 @@ impl Core {
         c.phase = Phase::Open {
             ws: WebSocket::new(Role::Server, self.cfg.max_message_bytes),
             endpoint,
-            pinged: false,
         };
         c.last_rx = tick;
         debug!("connection {} open on {endpoint:?}", key.index);
@@ -663,6 +657,7 @@ impl Core {
         };
         let mut ws = ws;
         c.last_rx = self.tick as u32;
+        c.pinged = false;
         let mut used = 0;
         let mut outcome = Ok(());
         while used < buf.len() {
@@ -687,11 +682,7 @@ impl Core {
         }
         let c = &mut self.conns[key.index as usize];
         if matches!(c.phase, Phase::Busy) {
-            c.phase = Phase::Open {
-                ws,
-                endpoint,
-                pinged: false,
-            };
+            c.phase = Phase::Open { ws, endpoint };
         }
         match outcome {
             Ok(()) => used,
@@ -917,7 +908,7 @@ impl Core {
         let Some(c) = self.conns.get(index) else {
             return;
         };
-        if !c.backlog.is_empty() {
+        if c.backlog_bytes() > 0 {
             let key = c.key(index);
             self.flush_one(key);
         }
@@ -942,22 +933,23 @@ impl Core {
         }
         let c = &mut self.conns[key.index as usize];
         match c.phase {
-            Phase::Open { .. } if c.backlog.bytes > self.cfg.max_outbound_bytes => {
+            Phase::Open { .. } if c.backlog_bytes() > self.cfg.max_outbound_bytes => {
                 self.metrics.slow_consumers += 1;
                 debug!(
                     "slow consumer {}: {} bytes pending",
-                    key.index, c.backlog.bytes
+                    key.index,
+                    c.backlog_bytes()
                 );
-                c.backlog.truncate_to_current_frame();
+                c.truncate_backlog();
                 self.fail(key, CloseCode::Policy, "slow consumer", Leave::Announce);
                 // The close frame is in the cork: write it now if the socket allows.
                 self.flush_one(key);
             }
-            Phase::Finishing { .. } if c.backlog.is_empty() => self.doomed.push(key),
+            Phase::Finishing { .. } if c.backlog_bytes() == 0 => self.doomed.push(key),
             Phase::ClosingByUs {
                 deadline,
                 fin_sent: false,
-            } if c.backlog.is_empty() => {
+            } if c.backlog_bytes() == 0 => {
                 // Our close is out: send FIN and wait for the peer's.
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
                 c.phase = Phase::ClosingByUs {
@@ -1066,19 +1058,19 @@ impl Core {
                 debug!("handshake timeout on {}", key.index);
                 self.drop_conn(key, Leave::Announce);
             }
-            Phase::Open { pinged, .. } => {
+            Phase::Open { .. } => {
                 let silent = tick.saturating_sub(c.last_rx);
                 if silent >= idle {
                     self.metrics.idle_timeouts += 1;
                     debug!("idle timeout on {}", key.index);
                     self.drop_conn(key, Leave::Announce);
-                } else if silent >= ping && !*pinged {
-                    *pinged = true;
+                } else if silent >= ping && !c.pinged {
+                    c.pinged = true;
                     let next = c.last_rx + idle;
                     self.send_frame_local(key, OpCode::Ping, b"");
                     self.arm(key, next);
                 } else {
-                    let next = c.last_rx + if *pinged { idle } else { ping };
+                    let next = c.last_rx + if c.pinged { idle } else { ping };
                     self.arm(key, next.max(tick + 1));
                 }
             }

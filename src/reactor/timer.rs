@@ -21,8 +21,9 @@ const SLOTS: usize = 1024;
 /// A point in time, in ticks since the wheel was made.
 pub type Tick = u64;
 
+/// 32-bit due ticks (13 years of 100 ms) keep an entry at two words with an 8-byte `T`.
 struct Entry<T> {
-    due: Tick,
+    due: u32,
     what: T,
 }
 
@@ -65,7 +66,10 @@ impl<T> Wheel<T> {
     /// Schedules `what` at tick `due` (in the past: fires on the next advance).
     pub fn insert(&mut self, due: Tick, what: T) {
         let due = due.max(self.now + 1);
-        self.slots[(due as usize) % SLOTS].push(Entry { due, what });
+        self.slots[(due as usize) % SLOTS].push(Entry {
+            due: due as u32,
+            what,
+        });
         self.len += 1;
     }
 
@@ -99,9 +103,9 @@ impl<T> Wheel<T> {
             std::mem::swap(&mut self.slots[slot], &mut self.scratch);
             let tick = self.now;
             for e in self.scratch.drain(..) {
-                if e.due <= tick {
+                if e.due as Tick <= tick {
                     self.len -= 1;
-                    fire(e.due, e.what);
+                    fire(e.due as Tick, e.what);
                 } else {
                     self.slots[slot].push(e);
                 }
