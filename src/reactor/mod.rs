@@ -174,8 +174,11 @@ impl Reactor {
                         }
                     }
                     Token(i) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.core.on_readable(i, &mut self.rbuf);
+                        // A FIN or error in the same edge as data must still be
+                        // seen: then read on to EOF instead of stopping early.
+                        let hup = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || hup {
+                            self.core.on_readable(i, &mut self.rbuf, hup);
                         }
                         if event.is_writable() {
                             self.core.on_writable(i);
@@ -341,7 +344,7 @@ impl Core {
     }
 
     /// Reads until the socket is drained, handing bytes to the connection's phase.
-    fn on_readable(&mut self, index: usize, rbuf: &mut [u8]) {
+    fn on_readable(&mut self, index: usize, rbuf: &mut [u8], hup: bool) {
         loop {
             let Some(c) = self.conns.get_mut(index) else {
                 return;
@@ -388,7 +391,7 @@ impl Core {
                 }
             }
             // A short read drained the socket; the next arrival is a new edge.
-            if n < room {
+            if n < room && !hup {
                 return;
             }
         }
