@@ -1,0 +1,85 @@
+//! The HTTP upgrade: a typical browser request (about 500 bytes, the headers
+//! Chrome sends to `/ws/{room}/{client}`) turned into a `101` answer.
+//!
+//! - `wisp`: [`handshake::parse`] + [`handshake::check_upgrade`] (key check,
+//!   SHA-1, base64) + [`handshake::switching_protocols`].
+//! - `tungstenite`: the same steps in `tungstenite` 0.24's server handshake:
+//!   `Request::try_parse` (httparse into an `http::Request`, every header
+//!   copied into a `HeaderMap`), `create_response` (its checks and accept
+//!   key) and `write_response` into a `Vec`.
+//! - `httparse`: only `httparse::Request::parse` with 32 header slots, the
+//!   floor under both (no checks, no SHA-1, no answer).
+//!
+//! Run: `cargo bench --bench handshake`. Numbers: `docs/benchmarks.md`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tungstenite::handshake::machine::TryParse;
+use wisp::protocol::handshake;
+use wisp::protocol::Decoded;
+
+const REQUEST: &[u8] = b"GET /ws/general/alice?since=41&epoch=k3v9q2 HTTP/1.1\r\n\
+Host: chat.example.com\r\n\
+Connection: Upgrade\r\n\
+Pragma: no-cache\r\n\
+Cache-Control: no-cache\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36\r\n\
+Upgrade: websocket\r\n\
+Origin: https://chat.example.com\r\n\
+Sec-WebSocket-Version: 13\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Accept-Language: en-GB,en-US;q=0.9,en;q=0.8\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+fn bench_handshake(c: &mut Criterion) {
+    let mut group = c.benchmark_group(format!("handshake/{}B", REQUEST.len()));
+    group.throughput(Throughput::Bytes(REQUEST.len() as u64));
+    group.bench_function("wisp", |b| {
+        b.iter(|| {
+            let Ok(Decoded::Done((req, _len))) = handshake::parse(black_box(REQUEST)) else {
+                panic!("complete request");
+            };
+            let accept = handshake::check_upgrade(&req).expect("valid upgrade");
+            handshake::switching_protocols(&accept)
+        })
+    });
+    group.bench_function("tungstenite", |b| {
+        b.iter(|| {
+            let Ok(Some((_len, req))) =
+                tungstenite::handshake::server::Request::try_parse(black_box(REQUEST))
+            else {
+                panic!("complete request");
+            };
+            let resp = tungstenite::handshake::server::create_response(&req).expect("valid");
+            let mut out = Vec::with_capacity(160);
+            tungstenite::handshake::server::write_response(&mut out, &resp).expect("vec");
+            out
+        })
+    });
+    group.bench_function("httparse", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            let status = req.parse(black_box(REQUEST)).expect("valid");
+            black_box(req.headers.len());
+            status.is_complete()
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_handshake
+}
+criterion_main!(benches);
