@@ -44,7 +44,6 @@ fn main() -> ExitCode {
     let reactor = match wisp::reactor::Reactor::bind(cfg) {
         Ok(r) => r,
         Err(e) => {
-            error!("cannot listen on {bind}: {e}");
             eprintln!("error: --bind {bind}: {e}");
             return ExitCode::from(2);
         }
