@@ -144,6 +144,9 @@ else
 fi
 
 step autobahn bash tests/autobahn/run.sh
+# Bounded fuzzing of the request and frame parsers (skips with a notice
+# where no nightly toolchain or cargo-fuzz is installed).
+step fuzz bash scripts/fuzz.sh "${WISP_FUZZ_SECONDS:-30}"
 
 summary
 exit 0

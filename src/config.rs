@@ -96,7 +96,7 @@ pub struct ServeArgs {
     )]
     pub allowed_origins: Vec<String>,
     /// Disable the `/echo` endpoint.
-    #[arg(long, env = "WISP_NO_ECHO")]
+    #[arg(long, env = "WISP_NO_ECHO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_echo: bool,
     /// Join a cluster through Redis (`redis://HOST:PORT`).
     #[arg(long, env = "WISP_REDIS", value_name = "URL")]
@@ -177,6 +177,9 @@ impl ServeArgs {
                 "--idle-timeout ({}) must be longer than --ping-interval ({}) so a peer can answer the ping",
                 self.idle_timeout, self.ping_interval
             ));
+        }
+        if let Some(url) = &self.redis {
+            redis::Client::open(url.as_str()).map_err(|e| format!("--redis {url}: {e}"))?;
         }
         let fd_limit = raise_fd_limit();
         let max_connections = match self.max_connections {
@@ -293,6 +296,7 @@ mod tests {
             (&["--max-message-bytes", "x"], "--max-message-bytes"),
             (&["--log", "loud"], "--log"),
             (&["--ping-interval", "80"], "--idle-timeout"),
+            (&["--redis", "not a url"], "--redis"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(name), "{args:?}: {err}");

@@ -9,11 +9,14 @@
 //! - `http`: routes and the answers to plain HTTP requests, the client page.
 //! - `chat`: rooms, presence, names, history and its sixty-second expiry.
 //! - `metrics`: the counters of SPEC §6 and their Prometheus text.
+//! - `cluster`: the Redis bridge for `--redis` (SPEC §7), on its own threads, talking to the
+//!   reactor through channels and a `mio::Waker`.
 #![warn(unreachable_pub)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod chat;
 pub mod client;
+mod cluster;
 pub mod config;
 pub mod http;
 pub mod logger;

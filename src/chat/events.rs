@@ -29,9 +29,11 @@ impl ErrorCode {
 }
 
 /// `join` or `leave`: the two events with the same fields.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Presence {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// Someone entered the room.
     Join,
+    /// Someone left the room.
     Leave,
 }
 

@@ -126,6 +126,13 @@ impl<T> Timeline<T> {
         self.entries.range(start.min(self.entries.len())..)
     }
 
+    /// Drops every entry; returns how many there were.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.entries.len();
+        self.entries.clear();
+        n
+    }
+
     /// Entries retained, expired or not (the timer decides when they go).
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
@@ -176,6 +183,25 @@ impl RoomHistory {
     pub(crate) fn next_id(&mut self) -> u64 {
         self.last_id += 1;
         self.last_id
+    }
+
+    /// The last id handed out (or, in a cluster, received); 0 before the first message.
+    pub(crate) fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Cluster mode: the sequence is the cluster's, so ids are given, not assigned here. The caller
+    /// passes ids in increasing order (older or repeated ones are dropped before this), which keeps the
+    /// invariant as long as the cluster's ids are consecutive.
+    pub(crate) fn set_last_id(&mut self, id: u64) {
+        self.last_id = id;
+    }
+
+    /// Forgets every message and starts the id sequence over (a new epoch); returns the messages
+    /// dropped.
+    pub(crate) fn reset(&mut self) -> usize {
+        self.last_id = 0;
+        self.timeline.clear()
     }
 
     /// Where the live messages with ids greater than `since` start.

@@ -16,6 +16,8 @@
 //! - `names`: cleaning of room and client names.
 //! - `ratelimit`: the token bucket.
 //! - `time`: RFC 3339 and Unix-seconds formatting.
+//! - `replica`: cluster mode (`--redis`): the chat as a replica of the cluster's state, fed by the
+//!   reactor with what the cluster bridge (`crate::cluster`) receives.
 //!
 //! # Timers
 //!
@@ -31,6 +33,7 @@ mod history;
 mod names;
 mod presence;
 mod ratelimit;
+mod replica;
 mod room;
 mod time;
 
@@ -41,15 +44,20 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use events::{ErrorCode, Presence, RoomRow, Welcome};
+use events::{ErrorCode, RoomRow, Welcome};
 use history::{Pushed, RoomMessage, Timeline};
 use presence::GlobalPresence;
 use ratelimit::TokenBucket;
 use room::Rooms;
 use time::MICROS_PER_SEC;
 
+pub use events::Presence;
 pub use names::clean_name;
 pub(crate) use names::percent_decode;
+pub use replica::{
+    clean_client, clean_room, ClusterImage, ClusterMessage, Delivery, ImageApplied, Origin,
+    RoomImage,
+};
 pub use time::rfc3339_micros;
 
 /// Opaque id of a connection, chosen by the reactor (it packs slab index + generation).
@@ -134,6 +142,22 @@ pub enum Post {
     Ignored,
 }
 
+/// The outcome of [`Chat::check_post`]: the first half of [`Chat::post`], for a cluster where the
+/// message is stored and numbered elsewhere.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked<'a> {
+    /// The message is acceptable; its trimmed, non-empty content (borrowed from the text when it is
+    /// plain text or a JSON string without escapes).
+    Accept(Cow<'a, str>),
+    /// Refused: send `error` to the sender only (as [`Post::Reply`]).
+    Reply {
+        /// The `error` event JSON (`rate_limited` or `bad_request`).
+        error: String,
+    },
+    /// Nothing to do: empty content, or a stale key / non-member.
+    Ignored,
+}
+
 /// The outcome of [`Chat::join`].
 #[derive(Debug)]
 pub struct Joined {
@@ -170,6 +194,8 @@ pub struct Chat {
     history_messages: usize,
     expired_total: u64,
     rate_limited_total: u64,
+    /// Cluster mode: the last global-channel sequence number stored, to skip repeats.
+    cluster_global_seq: u64,
 }
 
 /// A room message that is a JSON object; only `content` matters, other fields are ignored.
@@ -200,6 +226,7 @@ impl Chat {
             history_messages: 0,
             expired_total: 0,
             rate_limited_total: 0,
+            cluster_global_seq: 0,
         }
     }
 
@@ -265,24 +292,38 @@ impl Chat {
     /// [`Chat::global_members`]. A sender that is not a global member is not rate limited (it has no
     /// bucket); the reactor should not let that happen.
     pub fn global_post(&mut self, m: MemberId, text: &str, now: Micros) -> GlobalPost {
+        if let Err(error) = self.global_admit(m, now) {
+            return GlobalPost::RateLimited { error };
+        }
+        GlobalPost::Broadcast {
+            arm_expiry: self.global_store(text, now),
+        }
+    }
+
+    /// The rate limit half of [`Chat::global_post`]: takes a token from `m`'s bucket, or returns the
+    /// `error` event to send it.
+    pub fn global_admit(&mut self, m: MemberId, now: Micros) -> Result<(), String> {
         let bucket = self.global_members.bucket_mut(m);
-        if !Self::admit(
+        if Self::admit(
             bucket,
             self.cfg.rate_limit.as_ref(),
             now,
             &mut self.rate_limited_total,
         ) {
-            return GlobalPost::RateLimited {
-                error: self.rate_limit_error(),
-            };
+            Ok(())
+        } else {
+            Err(self.rate_limit_error())
         }
+    }
+
+    /// The storing half of [`Chat::global_post`]: keeps `text` with arrival time `now`; `Some(due)`:
+    /// arm the global expiry timer.
+    pub fn global_store(&mut self, text: &str, now: Micros) -> Option<Micros> {
         let at = self.global_history.stamp(now);
         let pushed = self
             .global_history
             .push(at, text.into(), self.cfg.history_max);
-        GlobalPost::Broadcast {
-            arm_expiry: self.account_push(&pushed),
-        }
+        self.account_push(&pushed)
     }
 
     /// Everyone on the global channel, in no particular order (leaving is a `swap_remove`).
@@ -337,7 +378,7 @@ impl Chat {
             Welcome {
                 room_id: &room.name,
                 client_id: &name,
-                users: room.presence.names(),
+                users: room.users(),
                 ttl_s,
                 epoch: &room.epoch,
                 recovered: recovery.recovered,
@@ -381,11 +422,27 @@ impl Chat {
     /// itself; the content is trimmed, and empty content is `Ignored`. Otherwise the message gets the
     /// next id, is stored, and its `message` event is returned for every member, the sender included.
     pub fn post(&mut self, key: RoomKey, m: MemberId, text: &str, now: Micros) -> Post {
+        match self.check_post(key, m, text, now) {
+            Checked::Accept(content) => self.post_content(key, m, &content, now),
+            Checked::Reply { error } => Post::Reply { error },
+            Checked::Ignored => Post::Ignored,
+        }
+    }
+
+    /// The checking half of [`Chat::post`]: the sender's rate limit (a token is taken), then the
+    /// content rules; returns the trimmed content to store, or what to answer instead.
+    pub fn check_post<'t>(
+        &mut self,
+        key: RoomKey,
+        m: MemberId,
+        text: &'t str,
+        now: Micros,
+    ) -> Checked<'t> {
         let Some(room) = self.rooms.get_mut(key) else {
-            return Post::Ignored;
+            return Checked::Ignored;
         };
         let Some(member) = room.presence.get_mut(m) else {
-            return Post::Ignored;
+            return Checked::Ignored;
         };
         if !Self::admit(
             member.bucket.as_mut(),
@@ -393,19 +450,35 @@ impl Chat {
             now,
             &mut self.rate_limited_total,
         ) {
-            return Post::Reply {
+            return Checked::Reply {
                 error: self.rate_limit_error(),
             };
         }
         let Some(content) = room_content(text) else {
-            return Post::Reply {
+            return Checked::Reply {
                 error: events::error(ErrorCode::BadRequest, BAD_REQUEST_TEXT),
             };
         };
-        let content = content.trim();
+        let content = match content {
+            Cow::Borrowed(c) => Cow::Borrowed(c.trim()),
+            Cow::Owned(c) if c.trim().len() == c.len() => Cow::Owned(c),
+            Cow::Owned(c) => Cow::Owned(c.trim().to_owned()),
+        };
         if content.is_empty() {
-            return Post::Ignored;
+            return Checked::Ignored;
         }
+        Checked::Accept(content)
+    }
+
+    /// The storing half of [`Chat::post`]: `content` (already checked) gets the next local id and is
+    /// stored; returns its `message` event for every member.
+    pub fn post_content(&mut self, key: RoomKey, m: MemberId, content: &str, now: Micros) -> Post {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return Post::Ignored;
+        };
+        let Some(member) = room.presence.get_mut(m) else {
+            return Post::Ignored;
+        };
         let id = room.history.next_id();
         let at = room.history.timeline.stamp(now);
         let event = events::message(id, &room.name, &member.name, content, at);
@@ -423,6 +496,12 @@ impl Chat {
     /// Members of the room in join order; empty for a stale key.
     pub fn room_members(&self, key: RoomKey) -> &[MemberId] {
         self.rooms.get(key).map_or(&[], |r| r.presence.members())
+    }
+
+    /// The name `m` has in room `key`; `None` for a non-member or a stale key.
+    pub fn member_name(&self, key: RoomKey, m: MemberId) -> Option<&str> {
+        let room = self.rooms.get(key)?;
+        room.presence.name_of(m)
     }
 
     /// The room's name (`room_id`), for logs; `None` for a stale key.
@@ -464,7 +543,7 @@ impl Chat {
             .iter()
             .map(|r| RoomRow {
                 room_id: &r.name,
-                users: r.presence.len(),
+                users: r.user_count(),
                 messages: r.history.timeline.len() - r.history.timeline.live_start(now, self.ttl),
             })
             .filter(|row| row.users > 0 || row.messages > 0)

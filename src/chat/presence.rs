@@ -154,6 +154,40 @@ impl RoomPresence {
         self.members.entry(m).or_insert(RoomMember { name, bucket })
     }
 
+    /// Cluster mode: adds `m` under `name`, already de-duplicated by the cluster. Should the name be in
+    /// use here after all (two daemons de-duplicated it apart while Redis was unreachable), it is
+    /// de-duplicated again locally, so the invariants hold.
+    pub(crate) fn join_exact(
+        &mut self,
+        m: MemberId,
+        name: String,
+        bucket: Option<TokenBucket>,
+    ) -> &RoomMember {
+        if self.names.contains(name.as_str()) || self.members.contains_key(&m) {
+            return self.join(m, name, bucket);
+        }
+        let name: Box<str> = name.into();
+        self.names.insert(name.clone());
+        self.order.push(m);
+        self.members.entry(m).or_insert(RoomMember { name, bucket })
+    }
+
+    /// The name of member `m`, if it is one.
+    pub(crate) fn name_of(&self, m: MemberId) -> Option<&str> {
+        self.members.get(&m).map(|r| &*r.name)
+    }
+
+    /// The local member called `name`, if any. O(room size), like the broadcast it serves.
+    pub(crate) fn member_named(&self, name: &str) -> Option<MemberId> {
+        if !self.names.contains(name) {
+            return None;
+        }
+        self.order
+            .iter()
+            .copied()
+            .find(|m| &*self.members[m].name == name)
+    }
+
     /// Removes `m` and returns what it was; `None` if it was not a member.
     pub(crate) fn leave(&mut self, m: MemberId) -> Option<RoomMember> {
         let gone = self.members.remove(&m)?;

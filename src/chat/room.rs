@@ -19,12 +19,28 @@ pub(crate) struct Room {
     pub(crate) epoch: Box<str>,
     pub(crate) presence: RoomPresence,
     pub(crate) history: RoomHistory,
+    /// Cluster mode: names of the members connected to other daemons, in the order this daemon learnt
+    /// of them (see [`super::replica`]). Always empty on a single daemon.
+    pub(crate) remote: Vec<Box<str>>,
 }
 
 impl Room {
-    /// Nobody in it and nothing retained: nothing would be lost by forgetting it.
+    /// Nobody in it (here or, in a cluster, elsewhere) and nothing retained: nothing would be lost by
+    /// forgetting it.
     pub(crate) fn is_vacant(&self) -> bool {
-        self.presence.is_empty() && self.history.timeline.is_empty()
+        self.presence.is_empty() && self.remote.is_empty() && self.history.timeline.is_empty()
+    }
+
+    /// Everyone in the room: local members in join order, then members on other daemons.
+    pub(crate) fn users(&self) -> impl Iterator<Item = &str> + Clone + '_ {
+        self.presence
+            .names()
+            .chain(self.remote.iter().map(|n| &**n))
+    }
+
+    /// Number of [`Room::users`].
+    pub(crate) fn user_count(&self) -> usize {
+        self.presence.len() + self.remote.len()
     }
 }
 
@@ -114,6 +130,7 @@ impl Rooms {
             epoch: self.next_epoch(),
             presence: RoomPresence::default(),
             history: RoomHistory::default(),
+            remote: Vec::new(),
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -155,6 +172,28 @@ impl Rooms {
         self.live -= 1;
     }
 
+    /// Keys of every live room, in slot order.
+    pub(crate) fn keys(&self) -> Vec<RoomKey> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.room.is_some())
+            .map(|(i, s)| RoomKey {
+                index: i as u32,
+                generation: s.generation,
+            })
+            .collect()
+    }
+
+    /// The key of the live room called `name`, if any.
+    pub(crate) fn key_of(&self, name: &str) -> Option<RoomKey> {
+        let &index = self.by_name.get(name)?;
+        Some(RoomKey {
+            index,
+            generation: self.slots[index as usize].generation,
+        })
+    }
+
     /// Live rooms in slot order (unspecified; callers sort what they show).
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Room> + '_ {
         self.slots.iter().filter_map(|s| s.room.as_ref())
@@ -171,7 +210,7 @@ impl Rooms {
     /// so two rooms of one daemon never share an epoch; across restarts the seed differs (the reactor
     /// passes pid ^ start time), so a collision is a 2^-64 chance. Epochs are opaque to clients, who only
     /// compare them.
-    fn next_epoch(&mut self) -> Box<str> {
+    pub(crate) fn next_epoch(&mut self) -> Box<str> {
         self.created += 1;
         let mut z = self
             .epoch_seed

@@ -167,6 +167,10 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
 
 /// Checks an upgrade request (§4.2.1) and returns the `Sec-WebSocket-Accept` value.
 pub fn check_upgrade(req: &Request<'_>) -> Result<[u8; 28], HandshakeError> {
+    // HEAD works where GET does (SPEC §3): without `Upgrade` both get 426.
+    if req.method == Method::Head && req.upgrade.is_none() {
+        return Err(HandshakeError::UpgradeRequired);
+    }
     if req.method != Method::Get {
         return Err(HandshakeError::MethodNotAllowed);
     }

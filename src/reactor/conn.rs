@@ -43,6 +43,9 @@ pub(crate) enum Endpoint {
     Echo,
     Global,
     Room(RoomKey),
+    /// Cluster mode: the room join is with the cluster bridge; the `welcome` comes with its answer,
+    /// and text frames wait (in the reactor's `Joining` entry) until then.
+    Joining,
 }
 
 /// The state of one connection. Deadlines are ticks of the timer wheel.

@@ -8,22 +8,34 @@
 //! A turn: poll → accept / read every ready socket (decode, apply to the
 //! chat, queue frames into the cork) → fire due timers → write each dirty
 //! connection once with a vectored write → close what must close.
+//!
+//! Cluster mode (`--redis`): the Redis bridge (`crate::cluster`) runs on its own
+//! threads; it reaches the loop only through a channel and a `mio::Waker`
+//! (token `BRIDGE`), and the loop reaches it only through a channel, so no
+//! turn ever waits on Redis. Room posts and joins go to the bridge; what comes
+//! back on its feed is applied to the chat's replica and delivered here like any
+//! broadcast (see `chat::replica`). While Redis is unreachable the node serves
+//! its own clients exactly as a single daemon does.
 
 pub mod conn;
 pub mod listener;
 pub mod timer;
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::chat::{self, Chat, ChatConfig, GlobalPost, Micros, Post, Resume, RoomKey};
+use crate::chat::{
+    self, Chat, ChatConfig, Checked, GlobalPost, MemberId, Micros, Origin, Post, Resume, RoomKey,
+};
+use crate::cluster::{self, Bridge, Notice, Request};
 use crate::config::{Config, CLOSE_TIMEOUT};
 use crate::http::{self, Route};
 use crate::metrics::{Gauges, Metrics};
@@ -36,6 +48,15 @@ use timer::{Tick, Wheel, TICK};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The cluster bridge's waker: notices are waiting in its channel.
+const BRIDGE: Token = Token(usize::MAX - 3);
+
+/// Most text frames kept for a client whose cluster join is not answered yet; more are refused as
+/// over the rate limit. The answer normally takes well under a millisecond.
+const MAX_QUEUED_WHILE_JOINING: usize = 64;
+
+/// How long the bridge gets at exit to take this node's members out of the cluster.
+const BRIDGE_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Size of the one receive buffer shared by every connection.
 const RECV_BUFFER: usize = 256 * 1024;
@@ -61,6 +82,9 @@ struct Core {
     metrics: Metrics,
     /// Connections per peer address, kept only under `--max-connections-per-ip`.
     per_ip: std::collections::HashMap<IpAddr, u32>,
+    /// The address each connection counts against, by slab index (kept here,
+    /// not asked of the socket at close: a reset socket has no peer address).
+    ip_of: std::collections::HashMap<u32, IpAddr>,
     /// Connections to close at the end of the turn (after their output is written).
     doomed: Vec<ConnKey>,
     next_gen: u32,
@@ -76,6 +100,39 @@ struct Core {
     close_ticks: u32,
     /// The address the listener is bound to (for the page URL and logs).
     local: SocketAddr,
+    /// Cluster mode state; `None` without `--redis`.
+    cluster: Option<Cluster>,
+}
+
+/// Cluster mode: the bridge and what the reactor knows of the links.
+struct Cluster {
+    bridge: Bridge,
+    /// The bridge's command link is up.
+    commands_up: bool,
+    /// While the feed is subscribed: the generation of its last image (applied or not).
+    feed: Option<u64>,
+    /// Serving as part of the cluster: both links up and an image applied since. Otherwise the node
+    /// serves locally, as a single daemon.
+    up: bool,
+    /// The one `warn` of an outage was written (cleared when the node is back in the cluster).
+    down_logged: bool,
+    /// Room joins waiting for the bridge's answer.
+    joining: HashMap<MemberId, Joining>,
+}
+
+/// A room join waiting for the cluster: what `welcome` needs, and the frames sent meanwhile.
+///
+/// In the cluster, `welcome` is sent when the member's own `join` comes back on the feed, not when the
+/// bridge answers: the feed is ordered, so by then the replica holds everything published before the
+/// join (members, messages) and `welcome` misses nothing that no later event brings.
+struct Joining {
+    room: String,
+    wanted: String,
+    since: Option<u64>,
+    epoch: Option<String>,
+    queued: Vec<Box<str>>,
+    /// The bridge's answer (name, epoch), kept in case the feed drops before the `join` comes back.
+    answer: Option<(String, String)>,
 }
 
 /// The running daemon.
@@ -85,6 +142,8 @@ pub struct Reactor {
     signals: signal_hook_mio::v1_0::Signals,
     rbuf: Vec<u8>,
     core: Core,
+    /// Connections open when the shutdown began (for the closing log line).
+    shutdown_peers: usize,
 }
 
 impl Reactor {
@@ -101,6 +160,29 @@ impl Reactor {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let local = listener.local_addr()?;
+        let cluster = match &cfg.redis {
+            Some(url) => {
+                let waker = Waker::new(poll.registry(), BRIDGE)?;
+                let bridge = cluster::start(
+                    cluster::Settings {
+                        url: url.clone(),
+                        ttl: cfg.history_ttl,
+                        history_max: cfg.history_max,
+                    },
+                    waker,
+                )?;
+                info!("cluster: joining through Redis at {url}");
+                Some(Cluster {
+                    bridge,
+                    commands_up: false,
+                    feed: None,
+                    up: false,
+                    down_logged: false,
+                    joining: HashMap::new(),
+                })
+            }
+            None => None,
+        };
         let now = Instant::now();
         let wall = wall_micros();
         let secs = |d: Duration| (d.as_millis() / TICK.as_millis()) as u32;
@@ -126,6 +208,7 @@ impl Reactor {
             chat,
             metrics: Metrics::default(),
             per_ip: Default::default(),
+            ip_of: Default::default(),
             doomed: Vec::new(),
             next_gen: 0,
             websockets: 0,
@@ -135,6 +218,7 @@ impl Reactor {
             wall,
             local,
             cfg,
+            cluster,
         };
         Ok(Reactor {
             poll,
@@ -142,6 +226,7 @@ impl Reactor {
             signals,
             rbuf: vec![0; RECV_BUFFER],
             core,
+            shutdown_peers: 0,
         })
     }
 
@@ -167,6 +252,7 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
+                    BRIDGE => self.core.on_bridge(),
                     SIGNALS => {
                         if self.signals.pending().next().is_some() && shutdown_by.is_none() {
                             shutdown_by = Some(self.core.now + CLOSE_TIMEOUT);
@@ -190,9 +276,13 @@ impl Reactor {
             self.core.end_turn();
             if let Some(by) = shutdown_by {
                 if self.core.conns.is_empty() || Instant::now() >= by {
+                    if let Some(c) = self.core.cluster.take() {
+                        c.bridge.shutdown(BRIDGE_SHUTDOWN);
+                    }
                     info!(
-                        "wisp stopped ({} connections still open at exit)",
-                        self.core.conns.len()
+                        "wisp stopped: {} of {} peers closed cleanly",
+                        self.shutdown_peers.saturating_sub(self.core.conns.len()),
+                        self.shutdown_peers
                     );
                     return Ok(());
                 }
@@ -201,9 +291,10 @@ impl Reactor {
     }
 
     fn begin_shutdown(&mut self) {
-        info!(
+        self.shutdown_peers = self.core.conns.len();
+        debug!(
             "shutting down: no new connections, closing {} peers with 1001",
-            self.core.conns.len()
+            self.shutdown_peers
         );
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
@@ -332,6 +423,7 @@ impl Core {
         self.next_gen = gen;
         if self.cfg.max_connections_per_ip > 0 {
             *self.per_ip.entry(ip).or_insert(0) += 1;
+            self.ip_of.insert(index as u32, ip);
         }
         self.arm(
             ConnKey {
@@ -436,6 +528,10 @@ impl Core {
         if route.is_websocket() {
             if let Err(status) = self.check_origin(req.origin) {
                 self.metrics.handshake_failures += 1;
+                debug!(
+                    "refused upgrade on {}: origin {:?} not allowed",
+                    key.index, req.origin
+                );
                 self.answer_and_close(key, http::error_response(status, ""));
                 return buf.len();
             }
@@ -582,13 +678,16 @@ impl Core {
     }
 
     fn health_json(&self) -> String {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "status": "ok",
             "connections": self.websockets,
             "rooms": self.chat.counts().rooms,
             "uptime_s": self.now.duration_since(self.started).as_secs(),
-        })
-        .to_string()
+        });
+        if let Some(c) = &self.cluster {
+            v["redis"] = if c.up { "up" } else { "down" }.into();
+        }
+        v.to_string()
     }
 
     fn gauges(&self) -> Gauges {
@@ -602,7 +701,7 @@ impl Core {
             rate_limited: self.chat.rate_limited_total(),
             uptime_s: self.now.duration_since(self.started).as_secs(),
             outbound_bytes_pending: self.conns.iter().map(|(_, c)| c.backlog_bytes()).sum(),
-            redis_up: None,
+            redis_up: self.cluster.as_ref().map(|c| c.up),
         }
     }
 
@@ -620,22 +719,46 @@ impl Core {
                 client,
                 since,
                 epoch,
-            } => {
-                let joined = self.chat.join(
-                    &http::percent_decode(room),
-                    &http::percent_decode(client),
-                    member,
-                    Resume {
-                        since,
-                        epoch: epoch.as_deref(),
-                    },
-                    self.wall,
-                );
-                self.send_text_local(key, joined.welcome.as_bytes());
-                let frame = self.share(joined.join_event.as_bytes());
-                self.broadcast_room(joined.key, frame, Some(member));
-                Endpoint::Room(joined.key)
-            }
+            } => match self.cluster.as_mut().filter(|c| c.up) {
+                Some(c) => {
+                    // The cluster de-duplicates the name; `welcome` waits for its answer.
+                    let room = chat::clean_room(&http::percent_decode(room));
+                    let wanted = chat::clean_client(&http::percent_decode(client));
+                    c.bridge.send(Request::Join {
+                        conn: member.0,
+                        room: room.clone(),
+                        wanted: wanted.clone(),
+                    });
+                    c.joining.insert(
+                        member,
+                        Joining {
+                            room,
+                            wanted,
+                            since,
+                            epoch,
+                            queued: Vec::new(),
+                            answer: None,
+                        },
+                    );
+                    Endpoint::Joining
+                }
+                None => {
+                    let joined = self.chat.join(
+                        &http::percent_decode(room),
+                        &http::percent_decode(client),
+                        member,
+                        Resume {
+                            since,
+                            epoch: epoch.as_deref(),
+                        },
+                        self.wall,
+                    );
+                    self.send_text_local(key, joined.welcome.as_bytes());
+                    let frame = self.share(joined.join_event.as_bytes());
+                    self.broadcast_room(joined.key, frame, Some(member));
+                    Endpoint::Room(joined.key)
+                }
+            },
             _ => unreachable!("bug: not a WebSocket route"),
         };
         self.websockets += 1;
@@ -702,40 +825,7 @@ impl Core {
         match event {
             Event::Text(text) => {
                 self.metrics.messages_received += 1;
-                match endpoint {
-                    Endpoint::Echo => self.send_frame_local(key, OpCode::Text, text.as_bytes()),
-                    Endpoint::Global => {
-                        match self.chat.global_post(key.member(), text, self.wall) {
-                            GlobalPost::Broadcast { arm_expiry } => {
-                                let frame = self.share(text.as_bytes());
-                                self.broadcast_global(frame);
-                                if let Some(due) = arm_expiry {
-                                    self.arm_expiry(Deadline::Global, due);
-                                }
-                            }
-                            GlobalPost::RateLimited { error } => {
-                                debug!("rate limited {}", key.index);
-                                self.send_text_local(key, error.as_bytes());
-                            }
-                        }
-                    }
-                    Endpoint::Room(room) => {
-                        match self.chat.post(room, key.member(), text, self.wall) {
-                            Post::Broadcast { event, arm_expiry } => {
-                                let frame = self.share(event.as_bytes());
-                                self.broadcast_room(room, frame, None);
-                                if let Some(due) = arm_expiry {
-                                    self.arm_expiry(Deadline::Room(room), due);
-                                }
-                            }
-                            Post::Reply { error } => {
-                                debug!("chat error for {}: {error}", key.index);
-                                self.send_text_local(key, error.as_bytes());
-                            }
-                            Post::Ignored => {}
-                        }
-                    }
-                }
+                self.on_text(key, endpoint, text);
             }
             Event::Binary(data) => {
                 self.metrics.messages_received += 1;
@@ -768,6 +858,354 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Applies one text message from an open connection.
+    fn on_text(&mut self, key: ConnKey, endpoint: Endpoint, text: &str) {
+        let member = key.member();
+        let clustered = self.cluster.as_ref().is_some_and(|c| c.up);
+        match endpoint {
+            Endpoint::Echo => self.send_frame_local(key, OpCode::Text, text.as_bytes()),
+            Endpoint::Global if clustered => match self.chat.global_admit(member, self.wall) {
+                // Delivered, to the sender too, when it comes back on the feed.
+                Ok(()) => self.bridge_send(Request::GlobalPost {
+                    text: text.to_owned(),
+                }),
+                Err(error) => {
+                    debug!("rate limited {}", key.index);
+                    self.send_text_local(key, error.as_bytes());
+                }
+            },
+            Endpoint::Global => match self.chat.global_post(member, text, self.wall) {
+                GlobalPost::Broadcast { arm_expiry } => {
+                    let frame = self.share(text.as_bytes());
+                    self.broadcast_global(frame);
+                    if let Some(due) = arm_expiry {
+                        self.arm_expiry(Deadline::Global, due);
+                    }
+                }
+                GlobalPost::RateLimited { error } => {
+                    debug!("rate limited {}", key.index);
+                    self.send_text_local(key, error.as_bytes());
+                }
+            },
+            Endpoint::Room(room) if clustered => {
+                match self.chat.check_post(room, member, text, self.wall) {
+                    Checked::Accept(content) => self.bridge_send(Request::Post {
+                        conn: member.0,
+                        content: content.into_owned(),
+                    }),
+                    Checked::Reply { error } => {
+                        debug!("chat error for {}: {error}", key.index);
+                        self.send_text_local(key, error.as_bytes());
+                    }
+                    Checked::Ignored => {}
+                }
+            }
+            Endpoint::Room(room) => {
+                let post = self.chat.post(room, member, text, self.wall);
+                self.apply_post(key, room, post);
+            }
+            Endpoint::Joining => {
+                let queued = self
+                    .cluster
+                    .as_mut()
+                    .and_then(|c| c.joining.get_mut(&member))
+                    .map(|j| {
+                        let room_left = j.queued.len() < MAX_QUEUED_WHILE_JOINING;
+                        if room_left {
+                            j.queued.push(text.into());
+                        }
+                        room_left
+                    });
+                if queued == Some(false) {
+                    self.metrics.rate_limited += 1;
+                    debug!("rate limited {} while joining", key.index);
+                    let error = r#"{"type":"error","code":"rate_limited","message":"too many messages before welcome"}"#;
+                    self.send_text_local(key, error.as_bytes());
+                }
+            }
+        }
+    }
+
+    fn apply_post(&mut self, key: ConnKey, room: RoomKey, post: Post) {
+        match post {
+            Post::Broadcast { event, arm_expiry } => {
+                let frame = self.share(event.as_bytes());
+                self.broadcast_room(room, frame, None);
+                if let Some(due) = arm_expiry {
+                    self.arm_expiry(Deadline::Room(room), due);
+                }
+            }
+            Post::Reply { error } => {
+                debug!("chat error for {}: {error}", key.index);
+                self.send_text_local(key, error.as_bytes());
+            }
+            Post::Ignored => {}
+        }
+    }
+
+    fn bridge_send(&self, req: Request) {
+        if let Some(c) = &self.cluster {
+            c.bridge.send(req);
+        }
+    }
+
+    // ---- cluster ---------------------------------------------------------
+
+    /// The bridge's waker fired: apply every notice waiting, in order.
+    fn on_bridge(&mut self) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        for notice in c.bridge.drain() {
+            self.on_notice(notice);
+        }
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let up = c.up;
+        match notice {
+            Notice::Commands { up: true } => {
+                c.commands_up = true;
+                if let (false, Some(gen)) = (c.up, c.feed) {
+                    // The feed's image came while commands were down and was not used: get a fresh one.
+                    c.bridge.send(Request::Resync { gen });
+                }
+            }
+            Notice::Commands { up: false } => {
+                c.commands_up = false;
+                self.leave_cluster();
+            }
+            Notice::FeedDown => {
+                c.feed = None;
+                self.leave_cluster();
+            }
+            Notice::FeedUp { gen, image } => {
+                c.feed = Some(gen);
+                if c.commands_up {
+                    self.enter_cluster(&image);
+                }
+            }
+            Notice::Message { room, epoch, msg } if up => {
+                if let Some((key, event, arm)) = self.chat.cluster_message(&room, &epoch, &msg) {
+                    let frame = self.share(event.as_bytes());
+                    self.broadcast_room(key, frame, None);
+                    if let Some(due) = arm {
+                        self.arm_expiry(Deadline::Room(key), due);
+                    }
+                }
+            }
+            Notice::Presence {
+                room,
+                epoch,
+                kind,
+                name,
+                at,
+                origin,
+                resync,
+                conn,
+            } if up => {
+                // Our own re-registration tells our clients nothing new.
+                if resync && origin == Origin::Here {
+                    return;
+                }
+                if kind == chat::Presence::Join
+                    && origin == Origin::Here
+                    && c.joining.contains_key(&MemberId(conn))
+                {
+                    self.finish_join(MemberId(conn), Some((name.clone(), epoch.clone())));
+                }
+                if let Some(d) = self
+                    .chat
+                    .cluster_presence(&room, &epoch, kind, &name, at, origin)
+                {
+                    let frame = self.share(d.event.as_bytes());
+                    self.broadcast_room(d.room, frame, d.except);
+                }
+            }
+            Notice::Global { seq, at, text } if up => {
+                if let Some(arm) = self.chat.cluster_global(seq, at, &text) {
+                    let frame = self.share(text.as_bytes());
+                    self.broadcast_global(frame);
+                    if let Some(due) = arm {
+                        self.arm_expiry(Deadline::Global, due);
+                    }
+                }
+            }
+            Notice::Message { .. } | Notice::Presence { .. } | Notice::Global { .. } => {
+                // Not in the cluster now: the next image brings the replica up to date.
+            }
+            Notice::Joined { conn, name, epoch } => {
+                match c.joining.get_mut(&MemberId(conn)) {
+                    // `welcome` waits for the `join` on the feed.
+                    Some(j) if up => j.answer = Some((name, epoch)),
+                    Some(_) => self.finish_join(MemberId(conn), Some((name, epoch))),
+                    None => {}
+                }
+            }
+            Notice::JoinFailed { conn } => self.finish_join(MemberId(conn), None),
+            Notice::PostFailed { conn, content } => {
+                let key = ConnKey::from_member(MemberId(conn));
+                let room = match self.conns.get(key.index as usize) {
+                    Some(Conn {
+                        gen,
+                        phase:
+                            Phase::Open {
+                                endpoint: Endpoint::Room(room),
+                                ..
+                            },
+                        ..
+                    }) if *gen == key.gen => *room,
+                    _ => return,
+                };
+                let post = self
+                    .chat
+                    .post_content(room, MemberId(conn), &content, self.wall);
+                self.apply_post(key, room, post);
+            }
+            Notice::GlobalFailed { text } => {
+                let arm = self.chat.global_store(&text, self.wall);
+                let frame = self.share(text.as_bytes());
+                self.broadcast_global(frame);
+                if let Some(due) = arm {
+                    self.arm_expiry(Deadline::Global, due);
+                }
+            }
+            Notice::Epoch { room, epoch } => {
+                if up {
+                    self.chat.cluster_epoch(&room, &epoch);
+                }
+            }
+        }
+    }
+
+    /// Both links are up and `image` is fresh: become a replica of the cluster.
+    fn enter_cluster(&mut self, image: &chat::ClusterImage) {
+        let applied = self.chat.apply_image(image, self.wall);
+        for d in applied.deliveries {
+            let frame = self.share(d.event.as_bytes());
+            self.broadcast_room(d.room, frame, d.except);
+        }
+        for (room, due) in applied.arm_rooms {
+            self.arm_expiry(Deadline::Room(room), due);
+        }
+        if let Some(due) = applied.arm_global {
+            self.arm_expiry(Deadline::Global, due);
+        }
+        // Our members: those that joined while Redis was away, or that a restarted Redis lost.
+        let mut members = Vec::new();
+        let mut pending = Vec::new();
+        for (i, conn) in self.conns.iter() {
+            let Phase::Open { endpoint, .. } = &conn.phase else {
+                continue;
+            };
+            let m = conn.key(i).member();
+            match *endpoint {
+                Endpoint::Room(room) => {
+                    if let (Some(r), Some(name)) =
+                        (self.chat.room_id(room), self.chat.member_name(room, m))
+                    {
+                        members.push((m.0, r.to_owned(), name.to_owned()));
+                    }
+                }
+                Endpoint::Joining => pending.push(m.0),
+                _ => {}
+            }
+        }
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        c.bridge.send(Request::Sync { members, pending });
+        if !c.up {
+            info!("cluster: connected to Redis; serving as part of the cluster");
+        }
+        c.up = true;
+        c.down_logged = false;
+    }
+
+    /// A link to Redis is down: serve local clients on our own until it is back.
+    fn leave_cluster(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let was_up = std::mem::replace(&mut c.up, false);
+        if !c.down_logged {
+            c.down_logged = true;
+            warn!("cluster: Redis unreachable; serving this node's clients only until it is back");
+        }
+        // Joins the bridge answered but whose `join` the feed will not bring now: welcome them with
+        // what the replica has. The others are welcomed when the bridge answers.
+        let answered: Vec<(MemberId, (String, String))> = c
+            .joining
+            .iter_mut()
+            .filter_map(|(m, j)| Some((*m, j.answer.take()?)))
+            .collect();
+        if was_up {
+            self.chat.go_local();
+        }
+        for (m, answer) in answered {
+            self.finish_join(m, Some(answer));
+        }
+    }
+
+    /// A room join is settled: send `welcome` (in the cluster with the cluster's name and epoch, or a
+    /// local join when the node is serving locally), then apply the frames the client sent meanwhile.
+    fn finish_join(&mut self, member: MemberId, answer: Option<(String, String)>) {
+        let Some(j) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.joining.remove(&member))
+        else {
+            return; // the connection ended first; its Leave went to the bridge after the Join
+        };
+        let key = ConnKey::from_member(member);
+        match self.conns.get(key.index as usize) {
+            Some(c)
+                if c.gen == key.gen
+                    && matches!(
+                        c.phase,
+                        Phase::Open {
+                            endpoint: Endpoint::Joining,
+                            ..
+                        }
+                    ) => {}
+            _ => return,
+        }
+        let resume = Resume {
+            since: j.since,
+            epoch: j.epoch.as_deref(),
+        };
+        let up = self.cluster.as_ref().is_some_and(|c| c.up);
+        let room = match answer {
+            Some((name, epoch)) if up => {
+                let joined = self
+                    .chat
+                    .cluster_join(&j.room, &name, &epoch, member, resume, self.wall);
+                self.send_text_local(key, joined.welcome.as_bytes());
+                joined.key
+            }
+            // Serving locally: a local join (local epoch), under the cluster's name if it gave one.
+            answer => {
+                let name = answer.map_or(j.wanted, |(name, _)| name);
+                let joined = self.chat.join(&j.room, &name, member, resume, self.wall);
+                self.send_text_local(key, joined.welcome.as_bytes());
+                let frame = self.share(joined.join_event.as_bytes());
+                self.broadcast_room(joined.key, frame, Some(member));
+                joined.key
+            }
+        };
+        if let Some(Phase::Open { endpoint, .. }) =
+            self.conns.get_mut(key.index as usize).map(|c| &mut c.phase)
+        {
+            *endpoint = Endpoint::Room(room);
+        }
+        for text in j.queued {
+            self.on_text(key, Endpoint::Room(room), &text);
+        }
     }
 
     /// Sends a close frame, leaves the chat and waits for the peer's FIN.
@@ -803,12 +1241,32 @@ impl Core {
         match endpoint {
             Endpoint::Echo => {}
             Endpoint::Global => self.chat.global_leave(key.member()),
+            Endpoint::Joining => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.joining.remove(&key.member());
+                    c.bridge.send(Request::Leave {
+                        conn: key.member().0,
+                    });
+                }
+            }
             Endpoint::Room(room) => {
-                if let Some(event) = self.chat.leave(room, key.member(), self.wall) {
-                    if leave == Leave::Announce {
-                        let frame = self.share(event.as_bytes());
-                        self.broadcast_room(room, frame, None);
+                let event = self.chat.leave(room, key.member(), self.wall);
+                let clustered = match &self.cluster {
+                    Some(c) => {
+                        // At shutdown the bridge takes all our members out at once.
+                        if leave == Leave::Announce {
+                            c.bridge.send(Request::Leave {
+                                conn: key.member().0,
+                            });
+                        }
+                        c.up
                     }
+                    None => false,
+                };
+                // In the cluster, the `leave` comes back on the feed, to every node alike.
+                if let (Some(event), Leave::Announce, false) = (event, leave, clustered) {
+                    let frame = self.share(event.as_bytes());
+                    self.broadcast_room(room, frame, None);
                 }
             }
         }
@@ -1005,13 +1463,11 @@ impl Core {
             // Its cork list dies with it; the turn's dirty list skips missing slots.
             self.cork.dirty.retain(|&i| i != key.index);
         }
-        if self.cfg.max_connections_per_ip > 0 {
-            if let Ok(addr) = c.stream.peer_addr() {
-                if let Some(n) = self.per_ip.get_mut(&addr.ip()) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.per_ip.remove(&addr.ip());
-                    }
+        if let Some(ip) = self.ip_of.remove(&key.index) {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
                 }
             }
         }

@@ -83,12 +83,17 @@ impl<T> Wheel<T> {
         self.len == 0
     }
 
-    /// How long the poller may sleep before the next tick that has entries
-    /// (capped at one second, so the loop stays responsive to the clock).
+    /// How long the poller may sleep: until the next tick whose slot holds
+    /// entries (an entry a full turn away wakes the loop early, harmlessly),
+    /// and at most one second, so an idle daemon wakes once a second rather
+    /// than every tick.
     pub fn timeout(&self, now: Instant) -> Duration {
-        let next = self.start + TICK * (self.now as u32 + 1);
+        const MAX_SLEEP_TICKS: u64 = 10;
+        let ahead = (1..=MAX_SLEEP_TICKS)
+            .find(|k| !self.slots[((self.now + k) as usize) % SLOTS].is_empty())
+            .unwrap_or(MAX_SLEEP_TICKS);
+        let next = self.start + TICK * (self.now + ahead) as u32;
         next.saturating_duration_since(now)
-            .min(Duration::from_secs(1))
     }
 
     /// Moves the wheel to `now`, passing every entry now due to `fire`.

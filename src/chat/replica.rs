@@ -1,0 +1,386 @@
+//! Cluster mode (`--redis`, SPEC §7): the chat as a replica of the cluster's state.
+//!
+//! In a cluster, Redis holds the truth: each room's epoch, id sequence, history and members, and the
+//! global channel's history. Every daemon keeps a replica of all of it in the ordinary [`Chat`]
+//! structures, fed in order by the reactor with what the cluster bridge (`crate::cluster`) receives on
+//! its subscription, plus a full image ([`ClusterImage`]) whenever the bridge (re)subscribes. So the
+//! HTTP views, `welcome` and the expiry timers stay local and never wait on Redis, yet agree across
+//! daemons.
+//!
+//! What changes from a single daemon:
+//!
+//! - Ids, timestamps and epochs come from the cluster ([`Chat::cluster_message`]); a message is stored
+//!   and sent when it comes back from Redis, on every daemon alike, the sender's included, so every
+//!   daemon sees the same order.
+//! - Names are de-duplicated cluster-wide by the bridge; [`Chat::cluster_join`] takes the name given.
+//! - A room lists members on other daemons by name only (`Room::remote`); they count in `users`,
+//!   `welcome` and `GET /rooms`, but only local members are sent anything.
+//! - Rate limits and content checks stay on the daemon that received the frame ([`Chat::check_post`],
+//!   [`Chat::global_admit`]).
+//!
+//! While Redis is unreachable the reactor uses the single-daemon methods, after [`Chat::go_local`] gave
+//! every room a local epoch, so clients resuming across the outage are told `recovered: false`.
+
+use std::collections::HashSet;
+
+use super::events::{self, Presence};
+use super::history::RoomMessage;
+use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey, Welcome};
+
+/// Where a `join` or `leave` event of the cluster happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// On this daemon: the member is (or was) one of our connections, so the room's local presence
+    /// already says so; only the event is delivered.
+    Here,
+    /// On another daemon: the member is added to or removed from the room's remote names.
+    Elsewhere,
+}
+
+/// A room message as the cluster numbered and timed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMessage {
+    /// The cluster-wide per-room id.
+    pub id: u64,
+    /// Timestamp given by Redis, µs since the Unix epoch.
+    pub at: Micros,
+    /// The sender's name.
+    pub client: String,
+    /// The checked content.
+    pub content: String,
+}
+
+/// One room in a [`ClusterImage`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomImage {
+    /// The cleaned room name.
+    pub room: String,
+    /// The room's epoch in the cluster.
+    pub epoch: String,
+    /// The last id the cluster gave out in this epoch (0: none yet).
+    pub seq: u64,
+    /// Unexpired messages, oldest first.
+    pub messages: Vec<ClusterMessage>,
+    /// Names of the members connected to other daemons.
+    pub remote: Vec<String>,
+}
+
+/// The whole cluster state, read atomically from Redis after subscribing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterImage {
+    /// Every room with an epoch or members.
+    pub rooms: Vec<RoomImage>,
+    /// The global channel's unexpired messages, oldest first: (timestamp, text).
+    pub global: Vec<(Micros, String)>,
+    /// The global channel's last sequence number, to skip messages already in `global`.
+    pub global_seq: u64,
+}
+
+/// An event for the local members of a room.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The room whose local members get it.
+    pub room: RoomKey,
+    /// The event JSON.
+    pub event: String,
+    /// A member not to send it to (the joiner of its own `join`).
+    pub except: Option<MemberId>,
+}
+
+/// What [`Chat::apply_image`] leaves the reactor to do.
+#[derive(Debug, Default)]
+pub struct ImageApplied {
+    /// `join`/`leave` events for the members that appeared or vanished elsewhere meanwhile.
+    pub deliveries: Vec<Delivery>,
+    /// Expiry timers to arm: (room, due).
+    pub arm_rooms: Vec<(RoomKey, Micros)>,
+    /// The global expiry timer to arm.
+    pub arm_global: Option<Micros>,
+}
+
+/// The cleaned room name of an already percent-decoded path segment (`general` when empty).
+pub fn clean_room(decoded: &str) -> String {
+    names::sanitize_name(decoded, names::DEFAULT_ROOM)
+}
+
+/// The cleaned client name of an already percent-decoded path segment (`anonymous` when empty).
+pub fn clean_client(decoded: &str) -> String {
+    names::sanitize_name(decoded, names::DEFAULT_CLIENT)
+}
+
+impl Chat {
+    /// Cluster mode: `m` joins `room` (already cleaned) as `name`, the name the cluster gave it, in
+    /// epoch `epoch`. `welcome` lists everyone the replica knows of (here and elsewhere) and its history
+    /// follows SPEC §4.2 recovery over the cluster's ids. `join_event` is not for sending: the cluster
+    /// delivers the `join` to everyone (see [`Chat::cluster_presence`]).
+    pub fn cluster_join(
+        &mut self,
+        room: &str,
+        name: &str,
+        epoch: &str,
+        m: MemberId,
+        resume: Resume<'_>,
+        now: Micros,
+    ) -> Joined {
+        let bucket = self.new_bucket(now);
+        let (key, _) = self.rooms.open(room);
+        self.adopt_epoch(key, epoch);
+        let (ttl, ttl_s) = (self.ttl, self.cfg.ttl_secs);
+        let room = self.rooms.get_mut(key).expect("bug: room just opened");
+        room.remote.retain(|n| **n != *name);
+        let name = room
+            .presence
+            .join_exact(m, name.to_owned(), bucket)
+            .name
+            .to_string();
+        let recovery = room
+            .history
+            .recover(resume.since, resume.epoch, &room.epoch, now, ttl);
+        let welcome = events::welcome(
+            Welcome {
+                room_id: &room.name,
+                client_id: &name,
+                users: room.users(),
+                ttl_s,
+                epoch: &room.epoch,
+                recovered: recovery.recovered,
+            },
+            room.history
+                .timeline
+                .starting_at(recovery.start)
+                .map(|e| &*e.item.event),
+        );
+        let join_event = events::presence(Presence::Join, &room.name, &name, now);
+        Joined {
+            key,
+            name,
+            welcome,
+            join_event,
+        }
+    }
+
+    /// Cluster mode: a message of `room` came back from Redis. Stores it (unless its id is not newer
+    /// than the last one seen, a repeat after an image) and returns the room, the `message` event for
+    /// every local member, and `Some(due)` when the room's expiry timer must be armed.
+    pub fn cluster_message(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        msg: &ClusterMessage,
+    ) -> Option<(RoomKey, String, Option<Micros>)> {
+        let (key, _) = self.rooms.open(room);
+        self.adopt_epoch(key, epoch);
+        let max = self.cfg.history_max;
+        let r = self.rooms.get_mut(key).expect("bug: room just opened");
+        if msg.id <= r.history.last_id() {
+            return None;
+        }
+        r.history.set_last_id(msg.id);
+        let event = events::message(msg.id, &r.name, &msg.client, &msg.content, msg.at);
+        let at = r.history.timeline.stamp(msg.at);
+        let stored = RoomMessage {
+            id: msg.id,
+            event: event.as_str().into(),
+        };
+        let pushed = r.history.timeline.push(at, stored, max);
+        let vacant = r.is_vacant();
+        let arm = self.account_push(&pushed);
+        if vacant {
+            // `--history-max 0` and nobody in the room: nothing to keep.
+            self.rooms.free(key);
+        }
+        Some((key, event, arm))
+    }
+
+    /// Cluster mode: `name` joined or left `room`, here or elsewhere. Returns the event for the local
+    /// members, if there are any and the event says something new: a repeat (after an image) of a join
+    /// or leave already known is dropped.
+    pub fn cluster_presence(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        kind: Presence,
+        name: &str,
+        at: Micros,
+        origin: Origin,
+    ) -> Option<Delivery> {
+        let key = match (kind, origin) {
+            (Presence::Join, Origin::Elsewhere) => {
+                let (key, _) = self.rooms.open(room);
+                self.adopt_epoch(key, epoch);
+                let r = self.rooms.get_mut(key).expect("bug: room just opened");
+                if r.remote.iter().any(|n| **n == *name) {
+                    return None;
+                }
+                r.remote.push(name.into());
+                key
+            }
+            (Presence::Leave, Origin::Elsewhere) => {
+                let key = self.rooms.key_of(room)?;
+                let r = self.rooms.get_mut(key)?;
+                let pos = r.remote.iter().position(|n| **n == *name)?;
+                r.remote.remove(pos);
+                if r.is_vacant() {
+                    self.rooms.free(key);
+                    return None;
+                }
+                key
+            }
+            (_, Origin::Here) => self.rooms.key_of(room)?,
+        };
+        let r = self.rooms.get(key)?;
+        if r.presence.is_empty() {
+            return None;
+        }
+        let except = match kind {
+            Presence::Join => r.presence.member_named(name),
+            Presence::Leave => None,
+        };
+        Some(Delivery {
+            room: key,
+            event: events::presence(kind, &r.name, name, at),
+            except,
+        })
+    }
+
+    /// Cluster mode: a global-channel message came back from Redis with sequence number `seq`. Stores it
+    /// unless already seen; `Some(arm)` means: send `text` to every global member, and arm the global
+    /// expiry timer when `arm` is `Some(due)`.
+    pub fn cluster_global(&mut self, seq: u64, at: Micros, text: &str) -> Option<Option<Micros>> {
+        if seq <= self.cluster_global_seq {
+            return None;
+        }
+        self.cluster_global_seq = seq;
+        Some(self.global_store(text, at))
+    }
+
+    /// Cluster mode: the cluster says `room`'s epoch is `epoch` (after re-registering our members).
+    pub fn cluster_epoch(&mut self, room: &str, epoch: &str) {
+        if let Some(key) = self.rooms.key_of(room) {
+            self.adopt_epoch(key, epoch);
+        }
+    }
+
+    /// Cluster mode: replaces the replica with `image`, the cluster's state read after (re)subscribing.
+    ///
+    /// Every room's epoch, history and remote names become the image's; rooms the image lacks keep only
+    /// their local members. Members that appeared or vanished elsewhere since the replica last knew are
+    /// announced to the local members (`deliveries`), timestamped `now`.
+    pub fn apply_image(&mut self, image: &ClusterImage, now: Micros) -> ImageApplied {
+        let mut out = ImageApplied::default();
+        let max = self.cfg.history_max;
+        let mut in_image: HashSet<&str> = HashSet::with_capacity(image.rooms.len());
+        for img in &image.rooms {
+            in_image.insert(&img.room);
+            let (key, _) = self.rooms.open(&img.room);
+            let r = self.rooms.get_mut(key).expect("bug: room just opened");
+            let mut dropped = r.history.reset();
+            r.epoch = img.epoch.as_str().into();
+            let mut stored = 0;
+            for msg in &img.messages {
+                let event = events::message(msg.id, &r.name, &msg.client, &msg.content, msg.at);
+                let at = r.history.timeline.stamp(msg.at);
+                let pushed = r.history.timeline.push(
+                    at,
+                    RoomMessage {
+                        id: msg.id,
+                        event: event.into(),
+                    },
+                    max,
+                );
+                stored += usize::from(pushed.stored);
+                dropped += pushed.dropped;
+            }
+            r.history.set_last_id(img.seq.max(r.history.last_id()));
+            if let Some(first) = r.history.timeline.get(0) {
+                out.arm_rooms.push((key, first.at.saturating_add(self.ttl)));
+            }
+            let remote: Vec<Box<str>> = img.remote.iter().map(|n| n.as_str().into()).collect();
+            Self::diff_remote(r, key, remote, now, &mut out.deliveries);
+            self.history_messages = self.history_messages + stored - dropped;
+        }
+        for key in self.rooms.keys() {
+            let r = self.rooms.get_mut(key).expect("bug: listed key is live");
+            if !in_image.contains(&*r.name) {
+                let dropped = r.history.reset();
+                Self::diff_remote(r, key, Vec::new(), now, &mut out.deliveries);
+                self.history_messages -= dropped;
+            }
+            let r = self.rooms.get(key).expect("bug: listed key is live");
+            if r.is_vacant() {
+                self.rooms.free(key);
+            }
+        }
+        self.history_messages -= self.global_history.clear();
+        for (at, text) in &image.global {
+            let at = self.global_history.stamp(*at);
+            let pushed = self
+                .global_history
+                .push(at, text.as_str().into(), self.cfg.history_max);
+            self.history_messages += usize::from(pushed.stored);
+            self.history_messages -= pushed.dropped;
+        }
+        self.cluster_global_seq = image.global_seq;
+        out.arm_global = self
+            .global_history
+            .live(0, self.ttl)
+            .next()
+            .map(|e| e.at.saturating_add(self.ttl));
+        out
+    }
+
+    /// Redis is unreachable: every room gets a fresh local epoch, so that ids given out locally from
+    /// now on are not confused with the cluster's. Remote names are kept (they are likely still
+    /// there) until the next image says otherwise.
+    pub fn go_local(&mut self) {
+        for key in self.rooms.keys() {
+            let epoch = self.rooms.next_epoch();
+            if let Some(r) = self.rooms.get_mut(key) {
+                r.epoch = epoch;
+            }
+        }
+    }
+
+    /// Gives the room `epoch`; a different epoch than the room had means the sequence started over, so
+    /// the history (from the old sequence) is dropped.
+    fn adopt_epoch(&mut self, key: RoomKey, epoch: &str) {
+        let Some(r) = self.rooms.get_mut(key) else {
+            return;
+        };
+        if *r.epoch != *epoch {
+            let dropped = r.history.reset();
+            r.epoch = epoch.into();
+            self.history_messages -= dropped;
+        }
+    }
+
+    /// Replaces `r.remote` with `remote`, announcing the differences to the local members.
+    fn diff_remote(
+        r: &mut super::room::Room,
+        key: RoomKey,
+        remote: Vec<Box<str>>,
+        now: Micros,
+        out: &mut Vec<Delivery>,
+    ) {
+        let tell = !r.presence.is_empty();
+        if tell {
+            let old: HashSet<&str> = r.remote.iter().map(|n| &**n).collect();
+            let new: HashSet<&str> = remote.iter().map(|n| &**n).collect();
+            for gone in r.remote.iter().filter(|n| !new.contains(&***n)) {
+                out.push(Delivery {
+                    room: key,
+                    event: events::presence(Presence::Leave, &r.name, gone, now),
+                    except: None,
+                });
+            }
+            for came in remote.iter().filter(|n| !old.contains(&***n)) {
+                out.push(Delivery {
+                    room: key,
+                    event: events::presence(Presence::Join, &r.name, came, now),
+                    except: None,
+                });
+            }
+        }
+        r.remote = remote;
+    }
+}

@@ -1,0 +1,1201 @@
+//! The cluster bridge (`--redis URL`, SPEC §7): every Redis conversation, on helper threads.
+//!
+//! The reactor never waits on Redis. It hands [`Request`]s to the bridge through a std channel and gets
+//! [`Notice`]s back through another, each batch announced by a `mio::Waker` registered in its `Poll`
+//! (STYLE §8). Two threads do the work, because a subscribed Redis connection can do nothing else and
+//! the sync client blocks:
+//!
+//! - **commands** (`wisp-redis`): one connection running Lua scripts, one per request (posts are
+//!   pipelined when several are queued): join (cluster-wide name de-duplication), leave, post (id, time,
+//!   history, trim, expiry and `PUBLISH`, atomically), global post, re-registration of our members
+//!   after an outage; every second it refreshes this node's liveness key and sweeps the members of
+//!   nodes whose key has expired, publishing their `leave`.
+//! - **feed** (`wisp-redis-feed`): `PSUBSCRIBE wisp:room:*` + `SUBSCRIBE wisp:global wisp:hb` on a
+//!   dedicated connection; once subscribed it reads a consistent image of the whole cluster (one Lua
+//!   script) and sends it, then every published event, in order. The origin of a message does not
+//!   deliver it locally: every node, the origin included, delivers what comes back on the feed, so all
+//!   see one order, the order of `PUBLISH`, which is the order of the ids.
+//!
+//! Redis is "up" for the reactor when both links are; a fresh image after both are up marks the
+//! moment the replica (see `chat::replica`) is in sync. Losing either link sends the reactor back to
+//! serving locally; both threads reconnect by themselves with backoff.
+//!
+//! # Keys (room names are cleaned: no control characters, no `/`)
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `wisp:meta:{room}` | hash | `epoch`, `seq` (last id), `at` (last timestamp µs); lives while the room has members or history |
+//! | `wisp:hist:{room}` | zset | message bodies `id\nat\nclient\ncontent`, score = timestamp µs; trimmed by TTL and `--history-max` |
+//! | `wisp:members:{room}` | hash | `node:conn` → name |
+//! | `wisp:names:{room}` | hash | name → `node:conn`, for de-duplication |
+//! | `wisp:rooms` | set | room names, for the image |
+//! | `wisp:node:{node}` | string | liveness, expires `NODE_TTL` after the last heartbeat |
+//! | `wisp:nodes`, `wisp:noderooms:{node}` | sets | nodes, and the rooms each has members in, for sweeping |
+//! | `wisp:global:hist`, `wisp:global:seq`, `wisp:global:at` | zset, counters | the global channel |
+//!
+//! Channels: `wisp:room:{room}` carries `m\nepoch\nid\nat\nclient\ncontent` and
+//! `j|l|J|L\nepoch\nat\nnode:conn\nname` (upper case: a re-registration, which the node that made it
+//! ignores); `wisp:global` carries `seq\nat\ntext`; `wisp:hb` a heartbeat that keeps idle feeds talking.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error};
+use mio::Waker;
+use redis::{Client, Connection, RedisError, RedisResult, Value};
+
+use crate::chat::{ClusterImage, ClusterMessage, Micros, Origin, Presence, RoomImage};
+
+/// How often the command thread refreshes this node's liveness key and sweeps dead nodes.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a node's liveness key outlives its last heartbeat: a node that dies leaves ghosts in
+/// presence for at most `NODE_TTL + HEARTBEAT` (6 s).
+const NODE_TTL: Duration = Duration::from_secs(5);
+/// Connecting to Redis gives up after this; a local Redis answers in microseconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A command connection that takes longer than this to answer is treated as lost.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A feed that hears nothing (not even the heartbeats every node publishes each second) for this
+/// long is treated as lost: it catches half-open connections that TCP would keep for hours.
+const FEED_SILENCE: Duration = Duration::from_secs(5);
+/// Reconnection backoff: doubles from the first to the last.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Most posts sent in one pipeline.
+const BATCH: usize = 256;
+
+/// What the reactor asks of the bridge. `conn` is the member's `MemberId`.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// A client joins `room` (cleaned) asking for `wanted` (cleaned): answered by
+    /// [`Notice::Joined`] or [`Notice::JoinFailed`].
+    Join {
+        conn: u64,
+        room: String,
+        wanted: String,
+    },
+    /// A member left (no-op for one the bridge does not know).
+    Leave { conn: u64 },
+    /// A member's checked message; [`Notice::PostFailed`] if it could not be published.
+    Post { conn: u64, content: String },
+    /// A global-channel message; [`Notice::GlobalFailed`] if it could not be published.
+    GlobalPost { text: String },
+    /// Redis is back: these are all our room members (conn, room, name); register them and forget
+    /// any other member of this node. Answered by [`Notice::Epoch`] per room.
+    Sync {
+        members: Vec<(u64, String, String)>,
+        /// Members whose Join is in flight: kept as the bridge knows them.
+        pending: Vec<u64>,
+    },
+    /// The reactor ignored the image of feed generation `gen` (commands were down then): make the
+    /// feed resubscribe, for a fresh image.
+    Resync { gen: u64 },
+    /// The daemon stops: remove this node's members (their `leave` is published) and exit.
+    Shutdown,
+    /// From the feed, which lost its connection: check the command link (a Redis that restarted
+    /// leaves it dead without a word), then count the check done in `Shared::checks`.
+    Check,
+}
+
+/// What the bridge tells the reactor.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// The command link went up or down.
+    Commands { up: bool },
+    /// The feed is lost: events may be missed until the next [`Notice::FeedUp`].
+    FeedDown,
+    /// The feed is subscribed; `image` is the cluster state, and every event after it follows.
+    FeedUp { gen: u64, image: ClusterImage },
+    /// A room message.
+    Message {
+        room: String,
+        epoch: String,
+        msg: ClusterMessage,
+    },
+    /// A join or leave.
+    Presence {
+        room: String,
+        epoch: String,
+        kind: Presence,
+        name: String,
+        at: Micros,
+        origin: Origin,
+        /// Published by a node re-registering its members after an outage.
+        resync: bool,
+        /// The member's connection on its node (ours when `origin` is `Here`).
+        conn: u64,
+    },
+    /// A global-channel message.
+    Global { seq: u64, at: Micros, text: String },
+    /// Answer to [`Request::Join`].
+    Joined {
+        conn: u64,
+        name: String,
+        epoch: String,
+    },
+    /// Answer to [`Request::Join`] when Redis is unreachable: join locally.
+    JoinFailed { conn: u64 },
+    /// A post that could not be published: deliver it locally.
+    PostFailed { conn: u64, content: String },
+    /// A global post that could not be published: deliver it locally.
+    GlobalFailed { text: String },
+    /// The room's epoch in the cluster (after [`Request::Sync`]).
+    Epoch { room: String, epoch: String },
+}
+
+/// The bridge's side of the notice channel: send, then wake the reactor unless a wake is pending.
+#[derive(Clone)]
+struct ToReactor {
+    tx: Sender<Notice>,
+    waker: Arc<Waker>,
+    /// Set by the bridge when it wakes the reactor, cleared by the reactor before it drains the
+    /// channel: one `eventfd` write per batch rather than per notice.
+    pending: Arc<AtomicBool>,
+}
+
+impl ToReactor {
+    fn send(&self, notice: Notice) {
+        if self.tx.send(notice).is_ok() && !self.pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// State the two threads share.
+#[derive(Default)]
+struct Shared {
+    /// The command link is up; the feed waits for it before subscribing, so that the image it takes
+    /// usually arrives when the reactor can use it.
+    commands_up: AtomicBool,
+    /// The feed's subscription generation (bumped on each subscription, before its image is read).
+    feed_gen: AtomicU64,
+    /// The feed connection's `CLIENT ID` while subscribed, 0 otherwise: the command thread kills it
+    /// for [`Request::Resync`].
+    feed_client: AtomicU64,
+    /// [`Request::Check`]s done so far.
+    checks: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// The reactor's handle on the bridge.
+pub(crate) struct Bridge {
+    tx: Sender<Request>,
+    rx: Receiver<Notice>,
+    pending: Arc<AtomicBool>,
+    commands: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+/// What the bridge needs to know of the configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) url: String,
+    pub(crate) ttl: Duration,
+    pub(crate) history_max: usize,
+}
+
+/// Starts the bridge threads; `waker` wakes the reactor's poll. Fails only on a malformed URL (the
+/// server being unreachable is not an error: the threads keep trying).
+pub(crate) fn start(settings: Settings, waker: Waker) -> io::Result<Bridge> {
+    let client = Client::open(settings.url.as_str())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let (req_tx, req_rx) = mpsc::channel();
+    let (note_tx, note_rx) = mpsc::channel();
+    let pending = Arc::new(AtomicBool::new(false));
+    let out = ToReactor {
+        tx: note_tx,
+        waker: Arc::new(waker),
+        pending: Arc::clone(&pending),
+    };
+    let shared = Arc::new(Shared::default());
+    let mut seed = Seed::new();
+    let node = format!("{:016x}", seed.next());
+    let feed = Feed {
+        req: req_tx.clone(),
+        client: client.clone(),
+        ttl_us: settings.ttl.as_micros() as u64,
+        node: node.clone(),
+        shared: Arc::clone(&shared),
+        out: out.clone(),
+    };
+    thread::Builder::new()
+        .name("wisp-redis-feed".into())
+        .spawn(move || feed.run())?;
+    let commands = Commands {
+        client,
+        settings,
+        node,
+        shared: Arc::clone(&shared),
+        out,
+        con: None,
+        members: HashMap::new(),
+        seed,
+        stash: None,
+        next_try: Instant::now(),
+        backoff: BACKOFF_MIN,
+    };
+    let handle = thread::Builder::new()
+        .name("wisp-redis".into())
+        .spawn(move || commands.run(req_rx))?;
+    Ok(Bridge {
+        tx: req_tx,
+        rx: note_rx,
+        pending,
+        commands: Some(handle),
+        shared,
+    })
+}
+
+impl Bridge {
+    /// Queues a request (never blocks).
+    pub(crate) fn send(&self, req: Request) {
+        let _ = self.tx.send(req);
+    }
+
+    /// Takes every notice waiting, in order. Call after the waker's event.
+    pub(crate) fn drain(&self) -> Vec<Notice> {
+        self.pending.store(false, Ordering::Release);
+        let mut out = Vec::new();
+        while let Ok(n) = self.rx.try_recv() {
+            out.push(n);
+        }
+        out
+    }
+
+    /// Asks the bridge to remove this node's members from the cluster and waits up to `within` for it.
+    pub(crate) fn shutdown(mut self, within: Duration) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.tx.send(Request::Shutdown);
+        let Some(handle) = self.commands.take() else {
+            return;
+        };
+        let deadline = Instant::now() + within;
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// SplitMix64 over the start time, the pid and a counter: node ids and fresh epochs.
+struct Seed(u64);
+
+impl Seed {
+    fn new() -> Seed {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Seed(t ^ (u64::from(std::process::id()) << 32))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn epoch(&mut self) -> String {
+        format!("{:016x}", self.next())
+    }
+}
+
+// ---- Lua --------------------------------------------------------------------------------------
+
+/// Helpers shared by the scripts (each script is this prelude plus its body).
+const PRELUDE: &str = r#"
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+-- Integers as text: redis.call would print big numbers in %.14g.
+local function us(n) return string.format('%.0f', n) end
+local function ensure_epoch(room, fresh)
+  local meta = 'wisp:meta:' .. room
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = fresh
+    redis.call('DEL', 'wisp:hist:' .. room)
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', '0', 'at', '0')
+  end
+  redis.call('SADD', 'wisp:rooms', room)
+  return epoch
+end
+-- Removes member `field` of `room` and publishes its leave; 0 if it was not there, so a leave is
+-- published once however many nodes sweep.
+local function leave(room, field, node, kind)
+  local members, names = 'wisp:members:' .. room, 'wisp:names:' .. room
+  local name = redis.call('HGET', members, field)
+  if not name then return 0 end
+  redis.call('HDEL', members, field)
+  if redis.call('HGET', names, name) == field then redis.call('HDEL', names, name) end
+  local meta = 'wisp:meta:' .. room
+  local epoch = redis.call('HGET', meta, 'epoch') or ''
+  if redis.call('HLEN', members) == 0 then
+    local left = redis.call('PTTL', 'wisp:hist:' .. room)
+    if left > 0 then
+      redis.call('PEXPIRE', meta, left)
+    else
+      redis.call('DEL', meta)
+      redis.call('SREM', 'wisp:rooms', room)
+    end
+  end
+  redis.call('PUBLISH', 'wisp:room:' .. room,
+    kind .. '\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
+  return 1
+end
+"#;
+
+/// ARGV: room, wanted, field, node, fresh epoch → {name, epoch}.
+const JOIN: &str = r#"
+local room, wanted, field, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local epoch = ensure_epoch(room, ARGV[5])
+redis.call('PERSIST', 'wisp:meta:' .. room)
+redis.call('SADD', 'wisp:noderooms:' .. node, room)
+local names = 'wisp:names:' .. room
+local name, n = wanted, 2
+while redis.call('HEXISTS', names, name) == 1 do
+  name = wanted .. '#' .. n
+  n = n + 1
+end
+redis.call('HSET', 'wisp:members:' .. room, field, name)
+redis.call('HSET', names, name, field)
+redis.call('PUBLISH', 'wisp:room:' .. room,
+  'j\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
+return {name, epoch}
+"#;
+
+/// ARGV: room, field, node → 0/1.
+const LEAVE: &str = r#"
+return leave(ARGV[1], ARGV[2], ARGV[3], 'l')
+"#;
+
+/// ARGV: room, client, content, ttl µs, history max, fresh epoch → id.
+const POST: &str = r#"
+local room, client, content = ARGV[1], ARGV[2], ARGV[3]
+local ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5])
+local epoch = ensure_epoch(room, ARGV[6])
+local meta, hist = 'wisp:meta:' .. room, 'wisp:hist:' .. room
+local now = now_us()
+local at = math.max(now, tonumber(redis.call('HGET', meta, 'at')) or 0)
+local id = redis.call('HINCRBY', meta, 'seq', 1)
+redis.call('HSET', meta, 'at', us(at))
+local body = us(id) .. '\n' .. us(at) .. '\n' .. client .. '\n' .. content
+local keep_ms = math.floor(ttl / 1000) + 1000
+if max > 0 then
+  redis.call('ZADD', hist, us(at), body)
+  redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
+  redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
+  redis.call('PEXPIRE', hist, keep_ms)
+end
+if redis.call('HLEN', 'wisp:members:' .. room) > 0 then
+  redis.call('PERSIST', meta)
+else
+  redis.call('PEXPIRE', meta, keep_ms)
+end
+redis.call('PUBLISH', 'wisp:room:' .. room, 'm\n' .. epoch .. '\n' .. body)
+return id
+"#;
+
+/// ARGV: text, ttl µs, history max → seq.
+const GLOBAL: &str = r#"
+local text, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_us()
+local at = math.max(now, tonumber(redis.call('GET', 'wisp:global:at')) or 0)
+redis.call('SET', 'wisp:global:at', us(at))
+local seq = redis.call('INCR', 'wisp:global:seq')
+local body = us(seq) .. '\n' .. us(at) .. '\n' .. text
+local hist = 'wisp:global:hist'
+if max > 0 then
+  redis.call('ZADD', hist, us(at), body)
+  redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
+  redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
+  redis.call('PEXPIRE', hist, math.floor(ttl / 1000) + 1000)
+end
+redis.call('PUBLISH', 'wisp:global', body)
+return seq
+"#;
+
+/// ARGV: node, node ttl ms. Refreshes our liveness, sweeps the members of dead nodes (publishing
+/// their leave), and publishes a heartbeat for every feed → members swept.
+const HEARTBEAT_SWEEP: &str = r#"
+local me = ARGV[1]
+redis.call('SET', 'wisp:node:' .. me, '1', 'PX', ARGV[2])
+redis.call('SADD', 'wisp:nodes', me)
+local swept = 0
+for _, node in ipairs(redis.call('SMEMBERS', 'wisp:nodes')) do
+  if redis.call('EXISTS', 'wisp:node:' .. node) == 0 then
+    local prefix = node .. ':'
+    for _, room in ipairs(redis.call('SMEMBERS', 'wisp:noderooms:' .. node)) do
+      for _, f in ipairs(redis.call('HKEYS', 'wisp:members:' .. room)) do
+        if string.sub(f, 1, #prefix) == prefix then swept = swept + leave(room, f, node, 'l') end
+      end
+    end
+    redis.call('DEL', 'wisp:noderooms:' .. node)
+    redis.call('SREM', 'wisp:nodes', node)
+  end
+end
+redis.call('PUBLISH', 'wisp:hb', me)
+return swept
+"#;
+
+/// ARGV: node, fresh epoch, then (room, field, name) per member. Registers our members (publishing
+/// `J` for those Redis had lost) and removes any other member of this node (publishing `L`) →
+/// {room, epoch, ...}.
+const SYNC: &str = r#"
+local node, fresh = ARGV[1], ARGV[2]
+local keep, epochs = {}, {}
+for i = 3, #ARGV, 3 do
+  local room, field, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  keep[room .. '\n' .. field] = true
+  local epoch = ensure_epoch(room, fresh)
+  redis.call('PERSIST', 'wisp:meta:' .. room)
+  redis.call('SADD', 'wisp:noderooms:' .. node, room)
+  if redis.call('HSETNX', 'wisp:members:' .. room, field, name) == 1 then
+    redis.call('HSETNX', 'wisp:names:' .. room, name, field)
+    redis.call('PUBLISH', 'wisp:room:' .. room,
+      'J\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
+  end
+  epochs[#epochs + 1] = room
+  epochs[#epochs + 1] = epoch
+end
+local prefix = node .. ':'
+for _, room in ipairs(redis.call('SMEMBERS', 'wisp:noderooms:' .. node)) do
+  for _, f in ipairs(redis.call('HKEYS', 'wisp:members:' .. room)) do
+    if string.sub(f, 1, #prefix) == prefix and not keep[room .. '\n' .. f] then
+      leave(room, f, node, 'L')
+    end
+  end
+end
+return epochs
+"#;
+
+/// ARGV: node. This node stops: its members leave (published), its keys go.
+const BYE: &str = r#"
+local node = ARGV[1]
+local prefix = node .. ':'
+for _, room in ipairs(redis.call('SMEMBERS', 'wisp:noderooms:' .. node)) do
+  for _, f in ipairs(redis.call('HKEYS', 'wisp:members:' .. room)) do
+    if string.sub(f, 1, #prefix) == prefix then leave(room, f, node, 'l') end
+  end
+end
+redis.call('DEL', 'wisp:noderooms:' .. node, 'wisp:node:' .. node)
+redis.call('SREM', 'wisp:nodes', node)
+return 1
+"#;
+
+/// ARGV: ttl µs → {{room, epoch, seq, {body...}, {field, name, ...}}...}, {global body...}, global seq.
+/// One script, so the image is one point in the stream of published events.
+const IMAGE: &str = r#"
+local cut = '(' .. us(now_us() - tonumber(ARGV[1]))
+local rooms = {}
+for _, room in ipairs(redis.call('SMEMBERS', 'wisp:rooms')) do
+  local meta, members = 'wisp:meta:' .. room, 'wisp:members:' .. room
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if epoch or redis.call('HLEN', members) > 0 then
+    rooms[#rooms + 1] = {room, epoch or '', redis.call('HGET', meta, 'seq') or '0',
+      redis.call('ZRANGEBYSCORE', 'wisp:hist:' .. room, cut, '+inf'),
+      redis.call('HGETALL', members)}
+  else
+    redis.call('SREM', 'wisp:rooms', room)
+  end
+end
+return {rooms, redis.call('ZRANGEBYSCORE', 'wisp:global:hist', cut, '+inf'),
+  redis.call('GET', 'wisp:global:seq') or '0'}
+"#;
+
+/// A script: its full source and SHA-1 (for `EVALSHA`).
+struct Script {
+    source: String,
+    sha: String,
+}
+
+impl Script {
+    fn new(body: &str) -> Script {
+        let source = format!("{PRELUDE}{body}");
+        let sha = sha1_smol::Sha1::from(source.as_bytes())
+            .digest()
+            .to_string();
+        Script { source, sha }
+    }
+
+    /// The `EVALSHA` command; [`eval`] falls back to `EVAL` when Redis lacks the script.
+    fn cmd(&self) -> redis::Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(&self.sha).arg(0);
+        c
+    }
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
+
+/// Whether `e` means the connection is unusable (as opposed to a script refusing its input).
+fn is_link_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY")
+        )
+}
+
+/// Runs `script` with `args`, loading it first if Redis does not have it (a restarted Redis).
+fn eval<A: redis::ToRedisArgs>(
+    con: &mut Connection,
+    script: &Script,
+    args: A,
+) -> RedisResult<Value> {
+    let mut c = script.cmd();
+    c.arg(&args);
+    match c.query(con) {
+        Err(e) if is_noscript(&e) => redis::cmd("EVAL")
+            .arg(&script.source)
+            .arg(0)
+            .arg(args)
+            .query(con),
+        other => other,
+    }
+}
+
+struct Scripts {
+    join: Script,
+    leave: Script,
+    post: Script,
+    global: Script,
+    heartbeat: Script,
+    sync: Script,
+    bye: Script,
+    image: Script,
+}
+
+impl Scripts {
+    fn get() -> &'static Scripts {
+        static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+        SCRIPTS.get_or_init(|| Scripts {
+            join: Script::new(JOIN),
+            leave: Script::new(LEAVE),
+            post: Script::new(POST),
+            global: Script::new(GLOBAL),
+            heartbeat: Script::new(HEARTBEAT_SWEEP),
+            sync: Script::new(SYNC),
+            bye: Script::new(BYE),
+            image: Script::new(IMAGE),
+        })
+    }
+}
+
+// ---- the command thread -----------------------------------------------------------------------
+
+struct Commands {
+    client: Client,
+    settings: Settings,
+    node: String,
+    shared: Arc<Shared>,
+    out: ToReactor,
+    /// `None` while Redis is unreachable.
+    con: Option<Connection>,
+    /// Our room members the cluster knows: conn → (room, name).
+    members: HashMap<u64, (String, String)>,
+    seed: Seed,
+    /// A request taken from the channel while collecting a batch of posts, handled next.
+    stash: Option<Request>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+impl Commands {
+    fn run(mut self, rx: Receiver<Request>) {
+        let mut next_beat = Instant::now();
+        loop {
+            let now = Instant::now();
+            if self.con.is_none() && now >= self.next_try {
+                self.connect();
+                next_beat = now;
+            }
+            if self.con.is_some() && Instant::now() >= next_beat {
+                self.heartbeat();
+                next_beat = Instant::now() + HEARTBEAT;
+            }
+            let wake = if self.con.is_some() {
+                next_beat
+            } else {
+                self.next_try
+            };
+            let req = match self.stash.take() {
+                Some(req) => req,
+                None => match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                    Ok(req) => req,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            match req {
+                Request::Shutdown => {
+                    self.bye();
+                    return;
+                }
+                Request::Post { .. } | Request::GlobalPost { .. } => {
+                    let mut batch = vec![req];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(r @ (Request::Post { .. } | Request::GlobalPost { .. })) => {
+                                batch.push(r)
+                            }
+                            Ok(other) => {
+                                self.stash = Some(other);
+                                break;
+                            }
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    self.posts(batch);
+                }
+                other => self.handle(other),
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        let attempt = self
+            .client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .and_then(|con| {
+                con.set_read_timeout(Some(IO_TIMEOUT))?;
+                con.set_write_timeout(Some(IO_TIMEOUT))?;
+                Ok(con)
+            });
+        match attempt {
+            Ok(con) => {
+                debug!("cluster: command link to Redis up");
+                self.con = Some(con);
+                self.backoff = BACKOFF_MIN;
+                self.shared.commands_up.store(true, Ordering::Release);
+                self.out.send(Notice::Commands { up: true });
+            }
+            Err(e) => {
+                debug!("cluster: cannot reach Redis: {e}");
+                self.next_try = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// The command link failed: tell the reactor once and retry later.
+    fn lost(&mut self, e: &RedisError) {
+        debug!("cluster: command link to Redis lost: {e}");
+        self.con = None;
+        self.shared.commands_up.store(false, Ordering::Release);
+        self.next_try = Instant::now() + BACKOFF_MIN;
+        self.backoff = BACKOFF_MIN * 2;
+        self.out.send(Notice::Commands { up: false });
+    }
+
+    /// Runs a script; `None` when it failed (the link is then marked lost if that was the cause).
+    fn run_script<A: redis::ToRedisArgs>(&mut self, script: &Script, args: A) -> Option<Value> {
+        let con = self.con.as_mut()?;
+        match eval(con, script, args) {
+            Ok(v) => Some(v),
+            Err(e) if is_link_error(&e) => {
+                self.lost(&e);
+                None
+            }
+            Err(e) => {
+                error!("cluster: script refused: {e}");
+                None
+            }
+        }
+    }
+
+    fn field(&self, conn: u64) -> String {
+        format!("{}:{conn}", self.node)
+    }
+
+    fn handle(&mut self, req: Request) {
+        let s = Scripts::get();
+        match req {
+            Request::Join { conn, room, wanted } => {
+                let field = self.field(conn);
+                let fresh = self.seed.epoch();
+                let answer = self
+                    .run_script(
+                        &s.join,
+                        (&room, &wanted, &field, &self.node.clone(), &fresh),
+                    )
+                    .and_then(|v| match strings(&v).as_deref() {
+                        Some([name, epoch]) => Some((name.clone(), epoch.clone())),
+                        _ => None,
+                    });
+                match answer {
+                    Some((name, epoch)) => {
+                        self.members.insert(conn, (room, name.clone()));
+                        self.out.send(Notice::Joined { conn, name, epoch });
+                    }
+                    None => self.out.send(Notice::JoinFailed { conn }),
+                }
+            }
+            Request::Leave { conn } => {
+                if let Some((room, _)) = self.members.remove(&conn) {
+                    let field = self.field(conn);
+                    let node = self.node.clone();
+                    // Lost while Redis was away: the next Sync removes it.
+                    let _ = self.run_script(&s.leave, (&room, &field, &node));
+                }
+            }
+            Request::Sync {
+                mut members,
+                pending,
+            } => {
+                for conn in pending {
+                    if let Some((room, name)) = self.members.get(&conn) {
+                        members.push((conn, room.clone(), name.clone()));
+                    }
+                }
+                self.members = members
+                    .iter()
+                    .map(|(conn, room, name)| (*conn, (room.clone(), name.clone())))
+                    .collect();
+                let mut args: Vec<String> = Vec::with_capacity(2 + 3 * members.len());
+                args.push(self.node.clone());
+                args.push(self.seed.epoch());
+                for (conn, room, name) in members {
+                    args.push(room);
+                    args.push(self.field(conn));
+                    args.push(name);
+                }
+                if let Some(v) = self.run_script(&s.sync, args) {
+                    for pair in strings(&v).unwrap_or_default().chunks_exact(2) {
+                        self.out.send(Notice::Epoch {
+                            room: pair[0].clone(),
+                            epoch: pair[1].clone(),
+                        });
+                    }
+                }
+            }
+            Request::Resync { gen } => {
+                let id = self.shared.feed_client.load(Ordering::Acquire);
+                if id != 0 && self.shared.feed_gen.load(Ordering::Acquire) == gen {
+                    if let Some(con) = self.con.as_mut() {
+                        let r: RedisResult<Value> = redis::cmd("CLIENT")
+                            .arg("KILL")
+                            .arg("ID")
+                            .arg(id)
+                            .query(con);
+                        if let Err(e) = r {
+                            debug!("cluster: could not restart the feed: {e}");
+                        }
+                    }
+                }
+            }
+            Request::Check => {
+                if let Some(con) = self.con.as_mut() {
+                    let r: RedisResult<Value> = redis::cmd("PING").query(con);
+                    if let Err(e) = r {
+                        self.lost(&e);
+                    }
+                }
+                self.shared.checks.fetch_add(1, Ordering::AcqRel);
+            }
+            Request::Post { .. } | Request::GlobalPost { .. } => self.posts(vec![req]),
+            Request::Shutdown => {}
+        }
+    }
+
+    /// Publishes a batch of posts in one pipeline; any that cannot be published go back to the
+    /// reactor to be delivered locally.
+    fn posts(&mut self, batch: Vec<Request>) {
+        let s = Scripts::get();
+        let ttl_us = self.settings.ttl.as_micros() as u64;
+        let max = self.settings.history_max;
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::with_capacity(batch.len());
+        for req in batch {
+            match &req {
+                Request::Post { conn, content } => {
+                    let Some((room, name)) = self.members.get(conn) else {
+                        // Not registered (joined while Redis was away, before the Sync).
+                        self.fail(req);
+                        continue;
+                    };
+                    let fresh = self.seed.epoch();
+                    pipe.add_command(s.post.cmd())
+                        .arg(room)
+                        .arg(name)
+                        .arg(content)
+                        .arg(ttl_us)
+                        .arg(max)
+                        .arg(fresh);
+                }
+                Request::GlobalPost { text } => {
+                    pipe.add_command(s.global.cmd())
+                        .arg(text)
+                        .arg(ttl_us)
+                        .arg(max);
+                }
+                _ => unreachable!("bug: not a post"),
+            }
+            sent.push(req);
+        }
+        if sent.is_empty() {
+            return;
+        }
+        let Some(con) = self.con.as_mut() else {
+            sent.into_iter().for_each(|r| self.fail(r));
+            return;
+        };
+        let mut result: RedisResult<Vec<Value>> = pipe.query(con);
+        if matches!(&result, Err(e) if is_noscript(e)) {
+            // A restarted Redis: load the scripts and try once more.
+            for script in [&s.post, &s.global] {
+                let _: RedisResult<Value> = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(&script.source)
+                    .query(con);
+            }
+            result = pipe.query(con);
+        }
+        if let Err(e) = result {
+            if is_link_error(&e) {
+                self.lost(&e);
+            } else {
+                error!("cluster: post refused: {e}");
+            }
+            sent.into_iter().for_each(|r| self.fail(r));
+        }
+    }
+
+    fn fail(&self, req: Request) {
+        match req {
+            Request::Post { conn, content } => self.out.send(Notice::PostFailed { conn, content }),
+            Request::GlobalPost { text } => self.out.send(Notice::GlobalFailed { text }),
+            _ => {}
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let ms = NODE_TTL.as_millis() as u64;
+        let node = self.node.clone();
+        if let Some(Value::Int(n)) = self.run_script(&Scripts::get().heartbeat, (&node, ms)) {
+            if n > 0 {
+                debug!("cluster: swept {n} members of dead nodes");
+            }
+        }
+    }
+
+    fn bye(&mut self) {
+        let node = self.node.clone();
+        let _ = self.run_script(&Scripts::get().bye, &node);
+    }
+}
+
+// ---- the feed thread --------------------------------------------------------------------------
+
+struct Feed {
+    /// For [`Request::Check`] only.
+    req: Sender<Request>,
+    client: Client,
+    ttl_us: u64,
+    node: String,
+    shared: Arc<Shared>,
+    out: ToReactor,
+}
+
+impl Feed {
+    fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if !self.shared.commands_up.load(Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let mut synced = false;
+            let result = self.subscribe(&mut synced);
+            self.shared.feed_client.store(0, Ordering::Release);
+            if synced {
+                self.out.send(Notice::FeedDown);
+                backoff = BACKOFF_MIN;
+            }
+            if let Err(e) = result {
+                debug!("cluster: feed from Redis lost: {e}");
+            }
+            // Whatever broke the feed may have broken the command link too, silently: have it
+            // checked before subscribing again, so the reactor never takes a half-dead bridge for up.
+            let before = self.shared.checks.load(Ordering::Acquire);
+            if self.req.send(Request::Check).is_err() {
+                return;
+            }
+            while self.shared.checks.load(Ordering::Acquire) == before {
+                if self.shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            thread::sleep(backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Subscribes, sends the image, then forwards events until the connection fails.
+    fn subscribe(&self, synced: &mut bool) -> RedisResult<()> {
+        let mut con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        con.set_write_timeout(Some(IO_TIMEOUT))?;
+        con.set_read_timeout(Some(IO_TIMEOUT))?;
+        let id: u64 = redis::cmd("CLIENT").arg("ID").query(&mut con)?;
+        con.set_read_timeout(Some(FEED_SILENCE))?;
+        let mut sub = con.as_pubsub();
+        sub.psubscribe("wisp:room:*")?;
+        sub.subscribe(&["wisp:global", "wisp:hb"][..])?;
+        // Subscribed: everything published from now on reaches us, so an image read now, followed
+        // by the events, misses nothing (repeats are dropped by id or are idempotent).
+        let gen = self.shared.feed_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        let image = {
+            let mut c = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            c.set_read_timeout(Some(IO_TIMEOUT))?;
+            c.set_write_timeout(Some(IO_TIMEOUT))?;
+            let v = eval(&mut c, &Scripts::get().image, self.ttl_us)?;
+            parse_image(&v, &self.node)
+        };
+        self.shared.feed_client.store(id, Ordering::Release);
+        self.out.send(Notice::FeedUp { gen, image });
+        *synced = true;
+        loop {
+            let msg = sub.get_message()?;
+            if let Some(notice) =
+                parse_event(msg.get_channel_name(), msg.get_payload_bytes(), &self.node)
+            {
+                self.out.send(notice);
+            }
+        }
+    }
+}
+
+// ---- parsing what Redis sends -----------------------------------------------------------------
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Array(items) => items.iter().map(text).collect(),
+        _ => None,
+    }
+}
+
+fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) => items,
+        _ => &[],
+    }
+}
+
+/// `id\nat\nclient\ncontent`.
+fn parse_message(body: &str) -> Option<ClusterMessage> {
+    let mut parts = body.splitn(4, '\n');
+    Some(ClusterMessage {
+        id: parts.next()?.parse().ok()?,
+        at: parts.next()?.parse().ok()?,
+        client: parts.next()?.to_owned(),
+        content: parts.next()?.to_owned(),
+    })
+}
+
+/// `seq\nat\ntext`.
+fn parse_global(body: &str) -> Option<(u64, Micros, String)> {
+    let mut parts = body.splitn(3, '\n');
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.to_owned(),
+    ))
+}
+
+fn parse_image(v: &Value, me: &str) -> ClusterImage {
+    let top = items(v);
+    let mut image = ClusterImage::default();
+    if let Some(rooms) = top.first() {
+        for r in items(rooms) {
+            let f = items(r);
+            if f.len() < 5 {
+                continue;
+            }
+            let (Some(room), Some(epoch)) = (text(&f[0]), text(&f[1])) else {
+                continue;
+            };
+            let seq = text(&f[2]).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let messages = items(&f[3])
+                .iter()
+                .filter_map(|b| parse_message(&text(b)?))
+                .collect();
+            let members = strings(&f[4]).unwrap_or_default();
+            let remote = members
+                .chunks_exact(2)
+                .filter(|p| !p[0].starts_with(&format!("{me}:")))
+                .map(|p| p[1].clone())
+                .collect();
+            image.rooms.push(RoomImage {
+                room,
+                epoch,
+                seq,
+                messages,
+                remote,
+            });
+        }
+    }
+    if let Some(global) = top.get(1) {
+        image.global = items(global)
+            .iter()
+            .filter_map(|b| parse_global(&text(b)?).map(|(_, at, t)| (at, t)))
+            .collect();
+    }
+    image.global_seq = top
+        .get(2)
+        .and_then(text)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    image
+}
+
+/// One published event → a notice; `None` for heartbeats and anything malformed.
+fn parse_event(channel: &str, payload: &[u8], me: &str) -> Option<Notice> {
+    let payload = std::str::from_utf8(payload).ok()?;
+    if channel == "wisp:global" {
+        let (seq, at, text) = parse_global(payload)?;
+        return Some(Notice::Global { seq, at, text });
+    }
+    let room = channel.strip_prefix("wisp:room:")?.to_owned();
+    let (kind, rest) = payload.split_once('\n')?;
+    let (epoch, rest) = rest.split_once('\n')?;
+    let epoch = epoch.to_owned();
+    if kind == "m" {
+        let msg = parse_message(rest)?;
+        return Some(Notice::Message { room, epoch, msg });
+    }
+    let (kind, resync) = match kind {
+        "j" => (Presence::Join, false),
+        "l" => (Presence::Leave, false),
+        "J" => (Presence::Join, true),
+        "L" => (Presence::Leave, true),
+        _ => return None,
+    };
+    let mut parts = rest.splitn(3, '\n');
+    let at = parts.next()?.parse().ok()?;
+    let (node, conn) = parts.next()?.split_once(':')?;
+    let conn = conn.parse().ok()?;
+    let name = parts.next()?.to_owned();
+    let origin = if node == me {
+        Origin::Here
+    } else {
+        Origin::Elsewhere
+    };
+    Some(Notice::Presence {
+        room,
+        epoch,
+        kind,
+        name,
+        at,
+        origin,
+        resync,
+        conn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_room_events() {
+        let n = parse_event(
+            "wisp:room:a b",
+            b"m\nE1\n7\n1700000000000001\nbob\nhi\nthere",
+            "me",
+        );
+        match n {
+            Some(Notice::Message { room, epoch, msg }) => {
+                assert_eq!((room.as_str(), epoch.as_str()), ("a b", "E1"));
+                assert_eq!(
+                    msg,
+                    ClusterMessage {
+                        id: 7,
+                        at: 1_700_000_000_000_001,
+                        client: "bob".into(),
+                        content: "hi\nthere".into()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_event("wisp:room:r", b"L\nE\n5\nme:3\nalice#2", "me") {
+            Some(Notice::Presence {
+                kind: Presence::Leave,
+                name,
+                origin: Origin::Here,
+                resync: true,
+                at: 5,
+                conn: 3,
+                ..
+            }) => assert_eq!(name, "alice#2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_event("wisp:room:r", b"j\nE\n5\nother:9\nbob", "me"),
+            Some(Notice::Presence {
+                kind: Presence::Join,
+                origin: Origin::Elsewhere,
+                resync: false,
+                ..
+            })
+        ));
+        assert!(parse_event("wisp:hb", b"x", "me").is_none());
+        assert!(parse_event("wisp:room:r", b"m\nE\nnot-a-number", "me").is_none());
+        match parse_event("wisp:global", b"3\n9\n{\"a\":1}", "me") {
+            Some(Notice::Global {
+                seq: 3,
+                at: 9,
+                text,
+            }) => assert_eq!(text, "{\"a\":1}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_an_image() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let v = Value::Array(vec![
+            Value::Array(vec![Value::Array(vec![
+                b("r"),
+                b("E"),
+                b("2"),
+                Value::Array(vec![b("1\n10\nann\nx"), b("2\n11\nbob\ny")]),
+                Value::Array(vec![b("me:1"), b("ann"), b("n2:4"), b("bob")]),
+            ])]),
+            Value::Array(vec![b("4\n12\nhello")]),
+            b("4"),
+        ]);
+        let image = parse_image(&v, "me");
+        assert_eq!(image.rooms.len(), 1);
+        let r = &image.rooms[0];
+        assert_eq!((r.room.as_str(), r.epoch.as_str(), r.seq), ("r", "E", 2));
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(r.remote, ["bob"]);
+        assert_eq!(image.global, [(12, "hello".to_string())]);
+        assert_eq!(image.global_seq, 4);
+    }
+}

@@ -1,0 +1,456 @@
+//! Cluster mode (`--redis`, SPEC §7) with a real `redis-server` and real `wisp` daemons.
+//!
+//! Each test starts its own Redis on a free loopback port (killed by PID at the end) and two or three
+//! daemons pointed at it; clients are `tungstenite`. Without `redis-server` on the PATH each test
+//! prints a notice and passes (CI installs it: `scripts/install-deps.sh`).
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+use common::Server;
+
+/// The bound on every wait for something to happen.
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---- Redis ------------------------------------------------------------------------------------
+
+/// A `redis-server` on a loopback port, without persistence, killed by PID when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one, or `None` (with a notice) when `redis-server` is not installed.
+    fn start(test: &str) -> Option<Redis> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            eprintln!(
+                "SKIPPED {test}: redis-server is not installed (apt-get install redis-server)"
+            );
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut r = Redis { child: None, port };
+        r.restart();
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, and waits until it answers.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, by PID.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `n` daemons in one cluster, each waited for until `/healthz` says Redis is up.
+fn nodes(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Server> {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--log", "debug"];
+    args.extend_from_slice(extra);
+    let servers: Vec<Server> = (0..n).map(|_| Server::start(&args)).collect();
+    for s in &servers {
+        wait_redis(s, "up");
+    }
+    servers
+}
+
+fn wait_redis(s: &Server, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let h = s.healthz();
+        if h["redis"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} never said redis {want}: {h}; log: {:#?}",
+            s.addr,
+            s.log()
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Polls `f` until it returns `Some`, at most [`WAIT`].
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn get_json(s: &Server, path: &str) -> Value {
+    let r = s.get(path);
+    assert_eq!(r.status, 200, "{path}");
+    r.json()
+}
+
+/// `users` of `room` in `GET /rooms` (0 when the room is not listed).
+fn room_users(s: &Server, room: &str) -> u64 {
+    get_json(s, "/rooms")["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == room)
+        .map_or(0, |r| r["users"].as_u64().unwrap())
+}
+
+// ---- clients ----------------------------------------------------------------------------------
+
+struct Client {
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    fn connect(s: &Server, path: &str) -> Client {
+        let (ws, _) = tungstenite::connect(s.ws_url(path)).expect("upgrade");
+        if let MaybeTlsStream::Plain(t) = ws.get_ref() {
+            t.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        Client { ws }
+    }
+
+    /// Joins a room and returns the client with its `welcome`.
+    fn join(s: &Server, room: &str, name: &str, query: &str) -> (Client, Value) {
+        let mut c = Client::connect(s, &format!("/ws/{room}/{name}{query}"));
+        let w = c.next().expect("a welcome");
+        assert_eq!(w["type"], "welcome", "{w}");
+        (c, w)
+    }
+
+    fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next text frame, or `None` after [`WAIT`].
+    fn next_text(&mut self) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Some(t.to_string()),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        None
+    }
+
+    fn next(&mut self) -> Option<Value> {
+        self.next_text()
+            .map(|t| serde_json::from_str(&t).expect("JSON event"))
+    }
+
+    /// The next event of type `kind`, skipping others.
+    fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let e = self
+                .next()
+                .unwrap_or_else(|| panic!("no {kind} event within {WAIT:?}"));
+            if e["type"] == kind {
+                return e;
+            }
+        }
+    }
+
+    /// The next `n` `message` events.
+    fn messages(&mut self, n: usize) -> Vec<Value> {
+        (0..n).map(|_| self.next_of("message")).collect()
+    }
+
+    fn close(mut self) {
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+    }
+}
+
+fn ids(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["id"].as_u64().unwrap()).collect()
+}
+
+/// (id, client, content) of each message.
+fn triples(events: &[Value]) -> Vec<(u64, String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap(),
+                e["client_id"].as_str().unwrap().to_owned(),
+                e["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+#[test]
+fn messages_reach_every_node_once_in_one_order_with_shared_ids_and_history() {
+    let Some(redis) = Redis::start("cluster delivery") else {
+        return;
+    };
+    let n = nodes(&redis, 3, &[]);
+    let mut receivers: Vec<Client> = n.iter().map(|s| Client::join(s, "r", "rx", "").0).collect();
+    let (mut a, _) = Client::join(&n[0], "r", "ann", "");
+    let (mut b, _) = Client::join(&n[1], "r", "bob", "");
+    const EACH: usize = 20;
+    for i in 0..EACH {
+        a.send(&format!("a{i}"));
+        b.send(&format!("{{\"content\":\"b{i}\"}}"));
+    }
+    let seen: Vec<Vec<(u64, String, String)>> = receivers
+        .iter_mut()
+        .map(|c| triples(&c.messages(2 * EACH)))
+        .collect();
+    let expected_ids: Vec<u64> = (1..=2 * EACH as u64).collect();
+    for s in &seen {
+        assert_eq!(s.iter().map(|t| t.0).collect::<Vec<_>>(), expected_ids);
+        assert_eq!(s, &seen[0], "every node delivers the same order");
+    }
+    // Each sender's messages in its own order, each exactly once.
+    for (who, prefix) in [("ann", "a"), ("bob", "b")] {
+        let mine: Vec<&str> = seen[0]
+            .iter()
+            .filter(|t| t.1 == who)
+            .map(|t| t.2.as_str())
+            .collect();
+        let want: Vec<String> = (0..EACH).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(mine, want);
+    }
+    // The senders get their own messages too, from the cluster, in the same order.
+    assert_eq!(triples(&a.messages(2 * EACH)), seen[0]);
+    // Nothing more arrives: each message was delivered once.
+    receivers[2].send("last");
+    for c in &mut receivers {
+        let e = c.next_of("message");
+        assert_eq!(
+            (e["id"].as_u64(), e["content"].as_str()),
+            (Some(41), Some("last"))
+        );
+    }
+
+    // History and ids agree on every node.
+    let views: Vec<Value> = n
+        .iter()
+        .map(|s| get_json(s, "/rooms/r/messages")["messages"].clone())
+        .collect();
+    assert_eq!(views[0].as_array().unwrap().len(), 2 * EACH + 1);
+    for v in &views {
+        assert_eq!(v, &views[0]);
+    }
+    let since = get_json(&n[2], "/rooms/r/messages?since=38")["messages"].clone();
+    assert_eq!(ids(since.as_array().unwrap()), [39, 40, 41]);
+
+    // A client that saw up to id 30 on node 0 resumes on node 2: exactly the missed ones.
+    let (_, w0) = Client::join(&n[0], "r", "carl", "");
+    let epoch = w0["epoch"].as_str().unwrap().to_owned();
+    let (_, w) = Client::join(&n[2], "r", "dora", &format!("?since=30&epoch={epoch}"));
+    assert_eq!(w["epoch"], epoch.as_str());
+    assert_eq!(w["recovered"], true);
+    assert_eq!(
+        ids(w["history"].as_array().unwrap()),
+        (31..=41).collect::<Vec<u64>>()
+    );
+    // A foreign epoch gets everything and recovered: false.
+    let (_, w) = Client::join(&n[1], "r", "eve", "?since=30&epoch=nope");
+    assert_eq!(w["recovered"], false);
+    assert_eq!(w["history"].as_array().unwrap().len(), 41);
+}
+
+#[test]
+fn presence_covers_the_whole_cluster() {
+    let Some(redis) = Redis::start("cluster presence") else {
+        return;
+    };
+    let n = nodes(&redis, 2, &[]);
+    let (mut alice, w) = Client::join(&n[0], "p", "alice", "");
+    assert_eq!(w["users"], serde_json::json!(["alice"]));
+    let (mut bob, w) = Client::join(&n[1], "p", "bob", "");
+    let mut users: Vec<&str> = w["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, ["alice", "bob"]);
+    let j = alice.next_of("join");
+    assert_eq!(j["client_id"], "bob");
+    // Names are de-duplicated cluster-wide.
+    let (alice2, w) = Client::join(&n[1], "p", "alice", "");
+    assert_eq!(w["client_id"], "alice#2");
+    assert_eq!(alice.next_of("join")["client_id"], "alice#2");
+    assert_eq!(bob.next_of("join")["client_id"], "alice#2");
+    for s in &n {
+        eventually("3 users on every node", || {
+            (room_users(s, "p") == 3).then_some(())
+        });
+    }
+    alice2.close();
+    assert_eq!(alice.next_of("leave")["client_id"], "alice#2");
+    assert_eq!(bob.next_of("leave")["client_id"], "alice#2");
+    for s in &n {
+        eventually("2 users on every node", || {
+            (room_users(s, "p") == 2).then_some(())
+        });
+    }
+    // The global channel spans nodes too.
+    let mut g0 = Client::connect(&n[0], "/ws");
+    let mut g1 = Client::connect(&n[1], "/ws");
+    g1.send("hello from 1");
+    assert_eq!(g0.next_text().as_deref(), Some("hello from 1"));
+    assert_eq!(g1.next_text().as_deref(), Some("hello from 1"));
+    g0.send("hello from 0");
+    assert_eq!(g1.next_text().as_deref(), Some("hello from 0"));
+    assert_eq!(g0.next_text().as_deref(), Some("hello from 0"));
+    for s in &n {
+        let m = get_json(s, "/messages")["messages"].clone();
+        let texts: Vec<&str> = m
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["hello from 1", "hello from 0"]);
+    }
+}
+
+#[test]
+fn a_killed_node_leaves_presence_within_seconds() {
+    let Some(redis) = Redis::start("cluster node death") else {
+        return;
+    };
+    let mut n = nodes(&redis, 2, &[]);
+    let (mut alice, _) = Client::join(&n[0], "k", "alice", "");
+    let (_bob, _) = Client::join(&n[1], "k", "bob", "");
+    assert_eq!(alice.next_of("join")["client_id"], "bob");
+    eventually("2 users", || (room_users(&n[0], "k") == 2).then_some(()));
+    let killed = Instant::now();
+    n[1].signal(libc::SIGKILL);
+    let _ = n[1].wait_exit(WAIT);
+    let leave = alice.next_of("leave");
+    assert_eq!(leave["client_id"], "bob");
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(8), "ghost lived {took:?}");
+    assert_eq!(room_users(&n[0], "k"), 1);
+}
+
+#[test]
+fn nodes_serve_locally_while_redis_is_down_and_rejoin_when_it_returns() {
+    let Some(mut redis) = Redis::start("cluster outage") else {
+        return;
+    };
+    let n = nodes(&redis, 2, &[]);
+    let (mut alice, _) = Client::join(&n[0], "o", "alice", "");
+    let (mut carol, _) = Client::join(&n[0], "o", "carol", "");
+    let (mut bob, _) = Client::join(&n[1], "o", "bob", "");
+    alice.send("before");
+    for c in [&mut alice, &mut carol, &mut bob] {
+        assert_eq!(c.next_of("message")["content"], "before");
+    }
+    assert!(n[0].metric("wisp_redis_up") == 1.0);
+
+    redis.kill();
+    for s in &n {
+        wait_redis(s, "down");
+    }
+    assert!(n[0].metric("wisp_redis_up") == 0.0);
+    // Still serving its own clients.
+    alice.send("during");
+    assert_eq!(carol.next_of("message")["content"], "during");
+    assert_eq!(alice.next_of("message")["content"], "during");
+    let (_dan, w) = Client::join(&n[1], "o", "dan", "");
+    assert_eq!(w["type"], "welcome");
+
+    redis.restart();
+    for s in &n {
+        wait_redis(s, "up");
+    }
+    assert!(n[0].metric("wisp_redis_up") == 1.0);
+    // Cross-node delivery resumes, without anyone reconnecting.
+    alice.send("after");
+    for c in [&mut alice, &mut carol, &mut bob] {
+        assert_eq!(c.next_of("message")["content"], "after");
+    }
+    bob.send("back");
+    for c in [&mut alice, &mut carol, &mut bob] {
+        assert_eq!(c.next_of("message")["content"], "back");
+    }
+    // Presence was re-registered: both nodes count alice, carol, bob and dan.
+    for s in &n {
+        eventually("4 users after the outage", || {
+            (room_users(s, "o") == 4).then_some(())
+        });
+    }
+    // One warning for the outage and one line for the return, not one per message.
+    for s in &n {
+        let log = s.log();
+        let downs = log
+            .iter()
+            .filter(|l| l.contains("Redis unreachable"))
+            .count();
+        let ups = log
+            .iter()
+            .filter(|l| l.contains("connected to Redis"))
+            .count();
+        assert_eq!((downs, ups), (1, 2), "{log:#?}");
+    }
+}
