@@ -33,7 +33,9 @@ fn terminal_client_chats_with_another_peer() {
         }
     });
     let next = |what: &str| -> serde_json::Value {
-        let line = rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| panic!("no {what} line from wisp client"));
+        let line = rx
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("no {what} line from wisp client"));
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
     };
     let w = next("welcome");
@@ -43,7 +45,10 @@ fn terminal_client_chats_with_another_peer() {
 
     // Bob sees alice join, then her line typed on stdin.
     let join = read_event(&mut bob);
-    assert_eq!((join["type"].as_str(), join["client_id"].as_str()), (Some("join"), Some("alice")));
+    assert_eq!(
+        (join["type"].as_str(), join["client_id"].as_str()),
+        (Some("join"), Some("alice"))
+    );
     let stdin = alice.stdin.as_mut().unwrap();
     writeln!(stdin, "hello from a terminal").unwrap();
     let msg = read_event(&mut bob);
@@ -55,7 +60,10 @@ fn terminal_client_chats_with_another_peer() {
     // Bob answers; alice's terminal prints it.
     bob.send(Message::text("hi alice")).unwrap();
     let reply = next("bob's reply");
-    assert_eq!((reply["client_id"].as_str(), reply["content"].as_str()), (Some("bob"), Some("hi alice")));
+    assert_eq!(
+        (reply["client_id"].as_str(), reply["content"].as_str()),
+        (Some("bob"), Some("hi alice"))
+    );
 
     // End of input: the client closes cleanly and bob sees the leave.
     drop(alice.stdin.take());
@@ -71,7 +79,10 @@ fn terminal_client_chats_with_another_peer() {
         if let Some(s) = alice.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "wisp client did not exit after stdin closed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wisp client did not exit after stdin closed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
@@ -86,5 +97,9 @@ fn terminal_client_reports_a_refused_handshake() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

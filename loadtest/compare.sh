@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Wisp against the comparison peers (loadtest/peers/README.md), same client,
+# same machine, same run.
+#
+#   loadtest/compare.sh [OUTDIR]        full set, about 7 minutes on 2 cores
+#   QUICK=1 loadtest/compare.sh         scaled-down smoke run, under 2 minutes
+#
+# Builds Wisp (release), the load generator and the peers, then for each
+# scenario starts each server pinned to core $SERVER_CPU (default 0), drives
+# it with wisp-loadtest pinned to core $CLIENT_CPU (default 1), stops it by
+# PID, and finally tabulates server CPU per delivered message and p99 latency
+# with ratios to the floor and the best peer (OUTDIR/summary.md, and a latency
+# CDF per scenario in OUTDIR/<scenario>/cdf.svg).
+#
+# Env: QUICK=1, SERVERS="wisp floor tokio-peer node-peer", SCENARIOS="..."
+# (names as below), WISP_BIN=path (skip building Wisp, use this binary).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+out="${1:-$root/target/loadtest/compare}"
+quick="${QUICK:-0}"
+servers="${SERVERS:-wisp floor tokio-peer node-peer}"
+server_cpu="${SERVER_CPU:-0}"
+client_cpu="${CLIENT_CPU:-1}"
+
+echo "==> build" >&2
+if [[ -z "${WISP_BIN:-}" ]]; then
+    cargo build --release --quiet -p wisp --bin wisp
+fi
+cargo build --release --quiet -p wisp-loadtest
+loadtest/peers/build.sh >/dev/null
+wisp_bin="${WISP_BIN:-$root/target/release/wisp}"
+lt="$root/target/release/wisp-loadtest"
+peers="$root/loadtest/peers"
+
+# Both the servers and the generator inherit this; 20,000 is this box's hard
+# limit, each process stays under it (the generator splits with --procs).
+ulimit -n "$(ulimit -Hn)"
+rm -rf "$out"
+mkdir -p "$out/logs"
+
+server_pid=""
+server_addr=""
+
+start_server() { # NAME LOG
+    local name=$1 log=$2
+    case "$name" in
+    wisp) cmd=("$wisp_bin" --bind 127.0.0.1:0 --rate-limit 0
+        --max-outbound-bytes 268435456 --log info) ;;
+    floor) cmd=("$peers/floor/target/release/floor" 127.0.0.1:0) ;;
+    tokio-peer) cmd=("$peers/tokio-peer/target/release/tokio-peer" 127.0.0.1:0) ;;
+    node-peer) cmd=(node "$peers/node-peer/server.mjs" 127.0.0.1:0) ;;
+    *) echo "unknown server $name" >&2; exit 2 ;;
+    esac
+    taskset -c "$server_cpu" "${cmd[@]}" >"$log" 2>&1 &
+    server_pid=$!
+    server_addr=""
+    for _ in $(seq 1 200); do
+        server_addr="$(grep -o 'http://[^/ ]*/' "$log" | head -n 1 | sed 's#http://##; s#/$##' || true)"
+        [[ -n "$server_addr" ]] && return 0
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "server $name did not start; log:" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+stop_server() {
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$server_pid" 2>/dev/null || { wait "$server_pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+}
+
+# case NAME WHO ARGS...: WHO is "all" or "wisp"; ARGS go to wisp-loadtest.
+run_case() {
+    local name=$1 who=$2
+    shift 2
+    if [[ -n "${SCENARIOS:-}" && " $SCENARIOS " != *" $name "* ]]; then return 0; fi
+    mkdir -p "$out/$name"
+    for s in $servers; do
+        [[ "$who" == wisp && "$s" != wisp ]] && continue
+        local raw=()
+        [[ "$s" == floor ]] && raw=(--raw)
+        echo "==> $name: $s" >&2
+        start_server "$s" "$out/logs/$name-$s.log"
+        # A generator failure is reported and the run goes on.
+        if ! timeout 300 taskset -c "$client_cpu" "$lt" "$@" "${raw[@]}" \
+            --url "ws://$server_addr" --server-pid "$server_pid" --label "$s" \
+            --json "$out/$name/$s.json" --quiet >"$out/logs/$name-$s.txt"; then
+            echo "    wisp-loadtest failed for $name on $s (see $out/logs)" >&2
+        fi
+        grep -E '^  (deliveries|messages|handshakes|lost|latency|server CPU|server bytes|failures|note)' \
+            "$out/logs/$name-$s.txt" | sed 's/^/    /' >&2 || true
+        stop_server
+    done
+}
+
+if [[ "$quick" == 1 ]]; then
+    # Same shapes, a fifth of the width and a tenth of the time.
+    run_case fanout-room-1000x100 all fanout -n 200 --rate 100 --duration 1
+    run_case fanout-global-1000x100 all fanout --global -n 200 --rate 100 --duration 1
+    run_case fanout-sparse-5000x20 all fanout --global -n 1000 --rate 20 --duration 1
+    run_case rooms-500x10x1 all rooms --rooms 100 --per-room 10 --rate 2 --duration 1
+    run_case echo-100x64-inflight1 all echo -n 20 --size 64 --inflight 1 --duration 0.5
+    run_case echo-100x64-inflight16 all echo -n 20 --size 64 --inflight 16 --duration 0.5
+    run_case fanout-dense-1000x1000 all fanout -n 200 --rate 1000 --duration 1
+    run_case idle-19000 all idle -n 2000 --procs 2 --sources 2 --duration 0.5
+    run_case storm all storm --duration 0.5 --concurrency 32 --sources 4
+else
+    run_case fanout-room-1000x100 all fanout -n 1000 --rate 100 --duration 10
+    run_case fanout-global-1000x100 all fanout --global -n 1000 --rate 100 --duration 10
+    # On /ws: the same width in a room first costs 12.5 M join events.
+    run_case fanout-sparse-5000x20 all fanout --global -n 5000 --rate 20 --duration 10
+    run_case rooms-500x10x1 all rooms --rooms 500 --per-room 10 --rate 1 --duration 10
+    run_case echo-100x64-inflight1 all echo -n 100 --size 64 --inflight 1 --duration 5
+    run_case echo-100x64-inflight16 all echo -n 100 --size 64 --inflight 16 --duration 5
+    run_case fanout-dense-1000x1000 all fanout -n 1000 --rate 1000 --duration 5
+    run_case idle-19000 all idle -n 19000 --procs 2 --sources 4 --duration 3
+    run_case storm all storm --duration 5 --concurrency 32 --sources 4
+fi
+
+echo "==> summary" >&2
+"$lt" compare "$out"

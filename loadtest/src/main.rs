@@ -1,0 +1,139 @@
+//! `wisp-loadtest`: a load generator for Wisp and its comparison peers.
+//!
+//! # Layout
+//!
+//! - `engine`: many client WebSocket connections on one `mio` loop, spoken
+//!   with Wisp's own client side (`wisp::protocol::client`).
+//! - `scenarios`: idle, storm, echo, fanout, rooms: what to open, when to
+//!   send, what to count.
+//! - `coord`: one process, or `--procs N` children of this same binary that
+//!   connect, report `READY`, run on `GO`, print their tally and wait for
+//!   `EXIT`; the parent samples the server and merges.
+//! - `report`: tallies (mergeable), the report, its table and JSON.
+//! - `svg`: the latency CDF chart; `compare`: the table across servers.
+//! - `sys`: the monotonic clock and `/proc` (server CPU and RSS).
+
+mod compare;
+mod coord;
+mod engine;
+mod report;
+mod scenarios;
+mod svg;
+mod sys;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wisp-loadtest",
+    version,
+    about = "Drives many WebSocket connections at a Wisp-compatible server and reports rates, latency, loss and server CPU per message"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// Open N connections, report handshakes/s, hold them, report the
+    /// server's memory per connection.
+    Idle(scenarios::IdleArgs),
+    /// Connect, upgrade, close, as fast as possible: handshakes/s.
+    Storm(scenarios::StormArgs),
+    /// C connections echoing B-byte messages on /echo, 1 and 16 in flight.
+    Echo(scenarios::EchoArgs),
+    /// N receivers on one room (or /ws with --global), one sender at R msg/s.
+    Fanout(scenarios::FanoutArgs),
+    /// K rooms of M clients, every client sending R msg/s.
+    Rooms(scenarios::RoomsArgs),
+    /// Tabulate DIR/<scenario>/<server>.json written by compare.sh: server
+    /// CPU per message and p99 with ratios to the floor and the best peer.
+    Compare(compare::CompareArgs),
+}
+
+/// Options common to every scenario.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// The server, `ws://HOST:PORT` (the path is chosen by the scenario).
+    #[arg(long, default_value = "ws://127.0.0.1:8000")]
+    pub url: String,
+    /// Length of the measured window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Number of loopback source addresses (127.0.0.1 ... 127.0.0.K).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=255))]
+    pub sources: u16,
+    /// The server's PID: its CPU (utime+stime) over the window and its RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Where to write the JSON report (the SVG goes next to it).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Directory for `<scenario>.json` when --json is not given.
+    #[arg(long, default_value = "target/loadtest")]
+    pub out: PathBuf,
+    /// Name of the server under test, carried into the report.
+    #[arg(long, default_value = "server")]
+    pub label: String,
+    /// Processes to spread the connections over (each under its fd limit).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub procs: u16,
+    /// Connections being opened at once.
+    /// (Per process. Keep it under the server's listen backlog: an accept
+    /// queue overflow costs the dropped SYN a one-second retransmit.)
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// The server relays raw payloads (the floor peer): expect no JSON and
+    /// no welcome.
+    #[arg(long)]
+    pub raw: bool,
+    /// Longest wait for late messages after sending stops, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Internal: this process is shard I of --procs (set by the parent).
+    #[arg(long, hide = true)]
+    pub shard: Option<u16>,
+    /// Internal: the run's nonce, shared by every shard.
+    #[arg(long, hide = true)]
+    pub nonce: Option<u32>,
+}
+
+impl Common {
+    /// The server's socket address from `--url`.
+    pub fn target(&self) -> Result<SocketAddr, String> {
+        let rest = self
+            .url
+            .strip_prefix("ws://")
+            .or_else(|| self.url.strip_prefix("http://"))
+            .unwrap_or(&self.url);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        hostport
+            .to_socket_addrs()
+            .map_err(|e| format!("--url {}: {e}", self.url))?
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| format!("--url {}: no IPv4 address", self.url))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Compare(a) => compare::run(a),
+        cmd => coord::drive(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wisp-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

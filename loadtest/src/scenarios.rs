@@ -1,0 +1,842 @@
+//! The scenarios: what to open, when to send, what to count.
+//!
+//! Every loop here is bounded in time (a deadline derived from `--duration`,
+//! `--drain` and a fixed connect budget) and in count (connections and
+//! messages are fixed before it starts).
+//!
+//! Chat messages carry `~NONCE:SENT_NS:SENDER:SEQ~` followed by `x` padding
+//! up to `--size` bytes. Every recipient finds the marker (in a raw relay or
+//! in a JSON `message` event's `content`), subtracts the send time from its
+//! arrival time (both `CLOCK_MONOTONIC`, shared by every shard), and counts
+//! what it got, so latency is measured at every recipient, the last one
+//! included, and loss is per receiver.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Duration;
+
+use clap::Args;
+use wisp::protocol::OpCode;
+
+use crate::coord::Ctx;
+use crate::engine::{ConnId, Engine, Note};
+use crate::report::{Report, Tally};
+use crate::sys::now_ns;
+use crate::{Cmd, Common};
+
+const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000_000_000;
+/// Longest the connection phase may take, whatever the count.
+const CONNECT_BUDGET: u64 = 120 * SEC;
+/// Longest we wait for a join/welcome storm to quiet down before measuring.
+const SETTLE_BUDGET: u64 = 60 * SEC;
+
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to open.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub conns: u64,
+    /// Path to upgrade on.
+    #[arg(long, default_value = "/ws")]
+    pub path: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Path to upgrade on.
+    #[arg(long, default_value = "/ws")]
+    pub path: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub conns: u64,
+    /// Message size, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Messages in flight per connection; one measured window per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub inflight: Vec<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections in the room; connection 0 also sends.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub conns: u64,
+    /// Messages per second sent.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Message size, bytes (at least the ~40-byte marker).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Use the global channel /ws instead of a room.
+    #[arg(long)]
+    pub global: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Rooms.
+    #[arg(long, default_value_t = 100)]
+    pub rooms: u64,
+    /// Clients per room.
+    #[arg(long, default_value_t = 10)]
+    pub per_room: u64,
+    /// Messages per second sent by each client.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Message size, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
+pub fn common(cmd: &Cmd) -> &Common {
+    match cmd {
+        Cmd::Idle(a) => &a.common,
+        Cmd::Storm(a) => &a.common,
+        Cmd::Echo(a) => &a.common,
+        Cmd::Fanout(a) => &a.common,
+        Cmd::Rooms(a) => &a.common,
+        Cmd::Compare(_) => unreachable!("bug: compare is not a scenario"),
+    }
+}
+
+pub fn supports_procs(cmd: &Cmd) -> bool {
+    matches!(cmd, Cmd::Idle(_) | Cmd::Fanout(_) | Cmd::Rooms(_))
+}
+
+pub fn phase_suffix(cmd: &Cmd, i: usize) -> String {
+    match cmd {
+        Cmd::Echo(a) => format!("inflight{}", a.inflight[i]),
+        _ => format!("{i}"),
+    }
+}
+
+pub fn run(cmd: &Cmd, ctx: &mut Ctx, fd_limit: u64) -> io::Result<Vec<Tally>> {
+    let target = ctx.c.target().map_err(io::Error::other)?;
+    let mut eng = Engine::new(target, ctx.c.sources as usize)?;
+    let local = |n: u64| (0..n).filter(|&g| ctx.mine(g)).count() as u64;
+    let want = match cmd {
+        Cmd::Idle(a) => local(a.conns),
+        Cmd::Echo(a) => a.conns,
+        Cmd::Fanout(a) => local(a.conns),
+        Cmd::Rooms(a) => local(a.rooms * a.per_room),
+        _ => 0,
+    };
+    if want + 32 > fd_limit {
+        return Err(io::Error::other(format!(
+            "{want} connections in one process over its open-file limit {fd_limit}: use --procs"
+        )));
+    }
+    let out = match cmd {
+        Cmd::Idle(a) => vec![idle(ctx, &mut eng, a)?],
+        Cmd::Storm(a) => vec![storm(ctx, &mut eng, a)?],
+        Cmd::Echo(a) => echo(ctx, &mut eng, a)?,
+        Cmd::Fanout(a) => vec![chat(ctx, &mut eng, &Chat::fanout(a, ctx.nonce))?],
+        Cmd::Rooms(a) => vec![chat(ctx, &mut eng, &Chat::rooms(a, ctx.nonce))?],
+        Cmd::Compare(_) => unreachable!("bug: compare is not a scenario"),
+    };
+    ctx.progress_done();
+    eng.drop_all();
+    Ok(out)
+}
+
+/// The report of a merged tally: what each scenario counts as its unit.
+pub fn finalize(cmd: &Cmd, t: &Tally, phase: usize) -> Report {
+    use serde_json::json;
+    let mut r = match cmd {
+        Cmd::Idle(a) => {
+            // The window is the hold: no unit of work, the figures are the
+            // handshake rate before it and the memory held during it.
+            let mut r = Report::from_tally("idle", t, "connection", 0);
+            r.params.insert("conns".into(), json!(a.conns));
+            r.params.insert("path".into(), json!(a.path));
+            r
+        }
+        Cmd::Storm(a) => {
+            let mut r = Report::from_tally("storm", t, "handshake", t.opened);
+            r.params.insert("path".into(), json!(a.path));
+            r.params
+                .insert("concurrency".into(), json!(a.common.concurrency));
+            r.params.insert("closed".into(), json!(t.closed));
+            r
+        }
+        Cmd::Echo(a) => {
+            let mut r = Report::from_tally("echo", t, "message", t.delivered);
+            r.params.insert("conns".into(), json!(a.conns));
+            r.params.insert("size".into(), json!(a.size));
+            r.params.insert("inflight".into(), json!(a.inflight[phase]));
+            r
+        }
+        Cmd::Fanout(a) => {
+            let mut r = Report::from_tally("fanout", t, "delivery", t.delivered);
+            r.params.insert("conns".into(), json!(a.conns));
+            r.params.insert("rate".into(), json!(a.rate));
+            r.params.insert("size".into(), json!(a.size));
+            r.params.insert(
+                "endpoint".into(),
+                json!(if a.global {
+                    "/ws"
+                } else {
+                    "/ws/{room}/{client}"
+                }),
+            );
+            r
+        }
+        Cmd::Rooms(a) => {
+            let mut r = Report::from_tally("rooms", t, "delivery", t.delivered);
+            r.params.insert("rooms".into(), json!(a.rooms));
+            r.params.insert("per_room".into(), json!(a.per_room));
+            r.params.insert("rate".into(), json!(a.rate));
+            r.params.insert("size".into(), json!(a.size));
+            r
+        }
+        Cmd::Compare(_) => unreachable!("bug: compare is not a scenario"),
+    };
+    if matches!(cmd, Cmd::Idle(_) | Cmd::Storm(_)) {
+        // Their unit of work is the connection; the handshake window is the
+        // connection phase (idle) or the whole run (storm).
+        r.handshakes_per_s = r.handshakes_per_s.or(Some(r.ops_per_s));
+    }
+    r
+}
+
+/// Connection state by local index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Pending(ConnId),
+    Open(ConnId),
+    Gone,
+}
+
+/// Opens `paths.len()` connections (local index = tag), at most
+/// `--concurrency` at a time. Returns each one's state.
+fn connect_all(
+    ctx: &Ctx,
+    eng: &mut Engine,
+    label: &str,
+    paths: &[(u64, String)],
+    tally: &mut Tally,
+    on_msg: &mut dyn FnMut(u32, &[u8], u64),
+) -> io::Result<Vec<St>> {
+    let n = paths.len();
+    let mut st = vec![St::Gone; n];
+    let start = now_ns();
+    tally.connect_start_ns = start;
+    let deadline = start + CONNECT_BUDGET;
+    let (mut next, mut pending, mut open) = (0usize, 0usize, 0usize);
+    let mut last_reap = start;
+    let mut last_progress = 0;
+    while next < n || pending > 0 {
+        let now = now_ns();
+        if now > deadline {
+            tally.fail("connect phase over its time budget".into());
+            break;
+        }
+        while next < n && pending < ctx.c.concurrency {
+            let (g, path) = &paths[next];
+            match eng.connect(path, *g as usize, next as u32) {
+                Ok(id) => {
+                    st[next] = St::Pending(id);
+                    pending += 1;
+                }
+                Err(e) => tally.fail(format!("connect: {}", e.kind())),
+            }
+            next += 1;
+        }
+        eng.poll(Duration::from_millis(5), on_msg)?;
+        for note in eng.take_notes() {
+            match note {
+                Note::Opened {
+                    id,
+                    tag,
+                    handshake_ns,
+                } => {
+                    st[tag as usize] = St::Open(id);
+                    pending -= 1;
+                    open += 1;
+                    tally.opened += 1;
+                    tally.handshake.record(handshake_ns);
+                    tally.connect_end_ns = now_ns();
+                }
+                Note::Failed { tag, why } => {
+                    match st[tag as usize] {
+                        St::Pending(_) => pending -= 1,
+                        St::Open(_) => open -= 1,
+                        St::Gone => {}
+                    }
+                    st[tag as usize] = St::Gone;
+                    tally.fail(why.key());
+                }
+                Note::Closed { tag } => st[tag as usize] = St::Gone,
+            }
+        }
+        if now - last_reap > 500 * MS {
+            eng.reap(Duration::from_secs(15));
+            last_reap = now;
+        }
+        if now - last_progress > 200 * MS {
+            last_progress = now;
+            ctx.progress(&format!(
+                "[{label}] connecting {open}/{n} open, {pending} in progress, {} failed",
+                tally.failures.values().sum::<u64>()
+            ));
+        }
+    }
+    Ok(st)
+}
+
+/// Polls until no byte arrived for `quiet` (join events, welcomes), at
+/// least `min`, at most [`SETTLE_BUDGET`].
+fn settle(
+    ctx: &Ctx,
+    eng: &mut Engine,
+    label: &str,
+    min: Duration,
+    quiet: Duration,
+    on_msg: &mut dyn FnMut(u32, &[u8], u64),
+) -> io::Result<()> {
+    let start = now_ns();
+    let mut last_bytes = eng.stats.bytes_in;
+    let mut last_change = start;
+    loop {
+        let now = now_ns();
+        if eng.stats.bytes_in != last_bytes {
+            last_bytes = eng.stats.bytes_in;
+            last_change = now;
+        }
+        let elapsed = now - start;
+        if (elapsed >= min.as_nanos() as u64 && now - last_change >= quiet.as_nanos() as u64)
+            || elapsed > SETTLE_BUDGET
+        {
+            return Ok(());
+        }
+        ctx.progress(&format!(
+            "[{label}] settling {:.1}s, {} MiB received",
+            elapsed as f64 / 1e9,
+            eng.stats.bytes_in >> 20
+        ));
+        eng.poll(Duration::from_millis(20), on_msg)?;
+        eng.take_notes();
+    }
+}
+
+fn ignore(_: u32, _: &[u8], _: u64) {}
+
+fn idle(ctx: &mut Ctx, eng: &mut Engine, a: &IdleArgs) -> io::Result<Tally> {
+    let mut t = Tally::default();
+    let paths: Vec<(u64, String)> = (0..a.conns)
+        .filter(|&g| ctx.mine(g))
+        .map(|g| (g, a.path.clone()))
+        .collect();
+    let mut frames = 0u64;
+    let mut count = |_: u32, _: &[u8], _: u64| frames += 1;
+    connect_all(ctx, eng, "idle", &paths, &mut t, &mut count)?;
+    // Let the server finish what the last upgrades started before its RSS
+    // is read.
+    settle(
+        ctx,
+        eng,
+        "idle",
+        Duration::from_millis(500),
+        Duration::from_millis(300),
+        &mut count,
+    )?;
+    ctx.begin_window()?;
+    t.run_start_ns = now_ns();
+    let end = t.run_start_ns + (ctx.c.duration * 1e9) as u64;
+    while now_ns() < end {
+        eng.poll(Duration::from_millis(100), &mut count)?;
+        for note in eng.take_notes() {
+            if let Note::Failed { why, .. } = note {
+                t.fail(format!("while idle: {}", why.key()));
+            }
+        }
+        ctx.progress(&format!(
+            "[idle] holding {} connections, {:.1}s left",
+            eng.len(),
+            end.saturating_sub(now_ns()) as f64 / 1e9
+        ));
+    }
+    t.run_end_ns = now_ns();
+    t.other_frames = frames;
+    t.bytes_in = eng.stats.bytes_in;
+    t.bytes_out = eng.stats.bytes_out;
+    ctx.end_window(&t)?;
+    Ok(t)
+}
+
+fn storm(ctx: &mut Ctx, eng: &mut Engine, a: &StormArgs) -> io::Result<Tally> {
+    let mut t = Tally::default();
+    ctx.begin_window()?;
+    let start = now_ns();
+    t.run_start_ns = start;
+    t.connect_start_ns = start;
+    let end = start + (ctx.c.duration * 1e9) as u64;
+    let hard_end = end + 5 * SEC;
+    let mut in_flight = 0usize;
+    let mut g = 0u64;
+    let mut last_reap = start;
+    let mut last_progress = 0;
+    loop {
+        let now = now_ns();
+        if (now >= end && in_flight == 0) || now >= hard_end {
+            break;
+        }
+        while now < end && in_flight < ctx.c.concurrency {
+            match eng.connect(&a.path, g as usize, 0) {
+                Ok(_) => in_flight += 1,
+                Err(e) => t.fail(format!("connect: {}", e.kind())),
+            }
+            g += 1;
+        }
+        eng.poll(Duration::from_millis(2), &mut ignore)?;
+        for note in eng.take_notes() {
+            match note {
+                Note::Opened {
+                    id, handshake_ns, ..
+                } => {
+                    t.opened += 1;
+                    t.handshake.record(handshake_ns);
+                    eng.close(id, Duration::from_secs(3));
+                }
+                Note::Closed { .. } => {
+                    t.closed += 1;
+                    in_flight -= 1;
+                }
+                Note::Failed { why, .. } => {
+                    t.fail(why.key());
+                    in_flight -= 1;
+                }
+            }
+        }
+        if now - last_reap > 250 * MS {
+            eng.reap(Duration::from_secs(5));
+            last_reap = now;
+        }
+        if now - last_progress > 200 * MS {
+            last_progress = now;
+            let el = (now - start) as f64 / 1e9;
+            ctx.progress(&format!(
+                "[storm] {el:.1}s {} handshakes ({:.0}/s), {} failed",
+                t.opened,
+                t.opened as f64 / el.max(1e-9),
+                t.failures.values().sum::<u64>()
+            ));
+        }
+    }
+    t.run_end_ns = now_ns();
+    t.connect_end_ns = t.run_end_ns;
+    t.bytes_in = eng.stats.bytes_in;
+    t.bytes_out = eng.stats.bytes_out;
+    ctx.end_window(&t)?;
+    Ok(t)
+}
+
+fn echo(ctx: &mut Ctx, eng: &mut Engine, a: &EchoArgs) -> io::Result<Vec<Tally>> {
+    let mut setup = Tally::default();
+    let paths: Vec<(u64, String)> = (0..a.conns).map(|g| (g, "/echo".to_string())).collect();
+    let st = connect_all(ctx, eng, "echo", &paths, &mut setup, &mut ignore)?;
+    let ids: Vec<Option<ConnId>> = st
+        .iter()
+        .map(|s| match s {
+            St::Open(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let payload = vec![b'x'; a.size];
+    let mut out = Vec::new();
+    for &inflight in &a.inflight {
+        let mut t = Tally {
+            opened: setup.opened,
+            failures: setup.failures.clone(),
+            connect_start_ns: setup.connect_start_ns,
+            connect_end_ns: setup.connect_end_ns,
+            handshake: setup.handshake.clone(),
+            ..Tally::default()
+        };
+        // Send times of the messages in flight, per connection, in order.
+        let mut sent_at: Vec<VecDeque<u64>> = vec![VecDeque::new(); ids.len()];
+        let mut alive = vec![true; ids.len()];
+        ctx.begin_window()?;
+        let start = now_ns();
+        t.run_start_ns = start;
+        let end = start + (ctx.c.duration * 1e9) as u64;
+        let hard_end = end + (ctx.c.drain * 1e9) as u64;
+        let mut sent = 0u64;
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(id) = id {
+                for _ in 0..inflight {
+                    sent_at[i].push_back(now_ns());
+                    eng.queue(*id, OpCode::Text, &payload);
+                    sent += 1;
+                }
+                eng.flush(*id);
+            }
+        }
+        let mut due: Vec<u32> = Vec::new();
+        let mut last_progress = 0;
+        loop {
+            let now = now_ns();
+            let waiting: usize = sent_at.iter().map(|q| q.len()).sum();
+            if (now >= end && waiting == 0) || now >= hard_end {
+                break;
+            }
+            let mut on_msg = |tag: u32, p: &[u8], at: u64| {
+                let q = &mut sent_at[tag as usize];
+                if let Some(s) = q.pop_front() {
+                    if p.len() == payload.len() {
+                        t.delivered += 1;
+                        t.latency.record(at.saturating_sub(s));
+                        t.run_end_ns = at;
+                    } else {
+                        t.other_frames += 1;
+                    }
+                    if at < end {
+                        due.push(tag);
+                    }
+                }
+            };
+            eng.poll(Duration::from_millis(5), &mut on_msg)?;
+            for note in eng.take_notes() {
+                if let Note::Failed { tag, why } = note {
+                    alive[tag as usize] = false;
+                    sent_at[tag as usize].clear();
+                    t.fail(why.key());
+                }
+            }
+            let mut touched: Vec<u32> = Vec::new();
+            for &tag in &due {
+                if let (true, Some(id)) = (alive[tag as usize], ids[tag as usize]) {
+                    sent_at[tag as usize].push_back(now_ns());
+                    eng.queue(id, OpCode::Text, &payload);
+                    sent += 1;
+                    touched.push(tag);
+                }
+            }
+            due.clear();
+            touched.sort_unstable();
+            touched.dedup();
+            for tag in touched {
+                if let Some(id) = ids[tag as usize] {
+                    eng.flush(id);
+                }
+            }
+            if now - last_progress > 200 * MS {
+                last_progress = now;
+                let el = (now - start) as f64 / 1e9;
+                ctx.progress(&format!(
+                    "[echo x{inflight}] {el:.1}s {} messages ({:.0}/s)",
+                    t.delivered,
+                    t.delivered as f64 / el.max(1e-9)
+                ));
+            }
+        }
+        t.sent_per_group = vec![sent];
+        if t.run_end_ns == 0 {
+            t.run_end_ns = now_ns();
+        }
+        t.bytes_in = eng.stats.bytes_in;
+        t.bytes_out = eng.stats.bytes_out;
+        ctx.end_window(&t)?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// A chat scenario: who connects where, who sends, who expects what.
+pub struct Chat {
+    label: &'static str,
+    /// Global connection count.
+    conns: u64,
+    /// Messages per second per sender.
+    rate: f64,
+    size: usize,
+    /// Path of global connection `g`.
+    path: Box<dyn Fn(u64) -> String>,
+    /// Group (room) of global connection `g`.
+    group: Box<dyn Fn(u64) -> u64>,
+    groups: u64,
+    /// Whether global connection `g` sends.
+    sends: Box<dyn Fn(u64) -> bool>,
+    /// Messages each receiver should get per message a sender sends,
+    /// i.e. senders in its group.
+    senders_per_group: u64,
+    json_events: bool,
+}
+
+impl Chat {
+    pub fn fanout(a: &FanoutArgs, nonce: u32) -> Chat {
+        let global = a.global;
+        Chat {
+            label: "fanout",
+            conns: a.conns,
+            rate: a.rate,
+            size: a.size,
+            path: Box::new(move |g| {
+                if global {
+                    "/ws".to_string()
+                } else {
+                    format!("/ws/lt{nonce:08x}-fan/c{g}")
+                }
+            }),
+            group: Box::new(|_| 0),
+            groups: 1,
+            sends: Box::new(|g| g == 0),
+            senders_per_group: 1,
+            json_events: !global && !a.common.raw,
+        }
+    }
+
+    pub fn rooms(a: &RoomsArgs, nonce: u32) -> Chat {
+        let per = a.per_room.max(1);
+        Chat {
+            label: "rooms",
+            conns: a.rooms * per,
+            rate: a.rate,
+            size: a.size,
+            path: Box::new(move |g| format!("/ws/lt{nonce:08x}-r{}/c{g}", g / per)),
+            group: Box::new(move |g| g / per),
+            groups: a.rooms,
+            sends: Box::new(|_| true),
+            senders_per_group: per,
+            json_events: !a.common.raw,
+        }
+    }
+}
+
+/// What a receiver found in a frame.
+struct Marker {
+    nonce: u32,
+    sent_ns: u64,
+}
+
+/// Parses `~NONCE:SENT_NS:SENDER:SEQ~` out of a frame.
+fn find_marker(p: &[u8]) -> Option<Marker> {
+    let start = p.iter().position(|&b| b == b'~')? + 1;
+    let rest = &p[start..];
+    let end = rest.iter().position(|&b| b == b'~')?;
+    let mut fields = rest[..end].split(|&b| b == b':');
+    let hex = fields.next()?;
+    let nonce = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    let sent_ns = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    Some(Marker { nonce, sent_ns })
+}
+
+/// Writes a message of `size` bytes (or the marker alone if longer).
+fn write_message(buf: &mut Vec<u8>, nonce: u32, sent_ns: u64, sender: u64, seq: u64, size: usize) {
+    use std::io::Write;
+    buf.clear();
+    let _ = write!(buf, "~{nonce:08x}:{sent_ns}:{sender}:{seq}~");
+    if buf.len() < size {
+        buf.resize(size, b'x');
+    }
+}
+
+/// What the receivers of a chat scenario count.
+struct Receivers {
+    nonce: u32,
+    json_events: bool,
+    /// Messages of this run received, per local connection.
+    got: Vec<u64>,
+    other: u64,
+    welcomes: u64,
+    last_at: u64,
+    lat: crate::report::Hist,
+    /// Our messages that did not arrive inside a JSON event.
+    bad_shape: u64,
+}
+
+impl Receivers {
+    fn on(&mut self, tag: u32, p: &[u8], at: u64) {
+        match find_marker(p) {
+            Some(m) if m.nonce == self.nonce => {
+                if self.json_events && !p.starts_with(b"{") {
+                    self.bad_shape += 1;
+                }
+                self.got[tag as usize] += 1;
+                self.lat.record(at.saturating_sub(m.sent_ns));
+                self.last_at = at;
+            }
+            _ => {
+                self.other += 1;
+                if p[..p.len().min(48)].windows(9).any(|w| w == b"\"welcome\"") {
+                    self.welcomes += 1;
+                }
+            }
+        }
+    }
+}
+
+fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
+    let label = s.label;
+    let mut t = Tally {
+        sent_per_group: vec![0; s.groups as usize],
+        ..Tally::default()
+    };
+    let globals: Vec<u64> = (0..s.conns).filter(|&g| ctx.mine(g)).collect();
+    let paths: Vec<(u64, String)> = globals.iter().map(|&g| (g, (s.path)(g))).collect();
+    let nonce = ctx.nonce;
+
+    let mut rx = Receivers {
+        nonce,
+        json_events: s.json_events,
+        got: vec![0; globals.len()],
+        other: 0,
+        welcomes: 0,
+        last_at: 0,
+        lat: crate::report::Hist::default(),
+        bad_shape: 0,
+    };
+    let st = connect_all(ctx, eng, label, &paths, &mut t, &mut |a, b, c| {
+        rx.on(a, b, c)
+    })?;
+    settle(
+        ctx,
+        eng,
+        label,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+        &mut |a, b, c| rx.on(a, b, c),
+    )?;
+    let ids: Vec<Option<ConnId>> = st
+        .iter()
+        .map(|s| match s {
+            St::Open(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    // Senders, and the schedule: message k at start + k / total_rate.
+    let senders: Vec<usize> = (0..globals.len())
+        .filter(|&i| (s.sends)(globals[i]))
+        .collect();
+    let per_sender = (s.rate * ctx.c.duration).floor() as u64;
+    let total = senders.len() as u64 * per_sender;
+    let total_rate = senders.len() as f64 * s.rate;
+    // Every sender sends exactly `per_sender`, so each receiver expects
+    // `senders_per_group * per_sender`, whichever shard its senders are in.
+    let expected_each = s.senders_per_group * per_sender;
+    ctx.begin_window()?;
+    let start = now_ns() + MS;
+    t.run_start_ns = start;
+    let send_end = start + (ctx.c.duration * 1e9) as u64;
+    let hard_end = send_end + (ctx.c.drain * 1e9) as u64 + 5 * SEC;
+    let mut k = 0u64;
+    let mut buf = Vec::with_capacity(s.size + 64);
+    let mut last_progress = 0;
+    let mut alive = ids.iter().filter(|i| i.is_some()).count() as u64;
+    let mut done_sending_at: Option<u64> = None;
+    let mut last_delivered = 0u64;
+    let mut last_delivery_change = start;
+    loop {
+        let now = now_ns();
+        // Send what is due.
+        while k < total {
+            let due = start + (k as f64 * 1e9 / total_rate) as u64;
+            if due > now {
+                break;
+            }
+            let i = senders[(k % senders.len() as u64) as usize];
+            let seq = k / senders.len() as u64;
+            let at = now_ns();
+            t.max_send_lag_ns = t.max_send_lag_ns.max(at.saturating_sub(due));
+            if let Some(id) = ids[i] {
+                write_message(&mut buf, nonce, at, globals[i], seq, s.size);
+                eng.send_text(id, &buf);
+                t.sent_per_group[(s.group)(globals[i]) as usize] += 1;
+            }
+            k += 1;
+        }
+        if k >= total && done_sending_at.is_none() {
+            done_sending_at = Some(now);
+        }
+        let delivered: u64 = rx.got.iter().sum();
+        if delivered != last_delivered {
+            last_delivered = delivered;
+            last_delivery_change = now;
+        }
+        if let Some(done) = done_sending_at {
+            let complete = rx.got.iter().all(|&g| g >= expected_each);
+            let quiet = now - last_delivery_change > SEC && now - done > SEC;
+            if complete || quiet || now - done > (ctx.c.drain * 1e9) as u64 || now >= hard_end {
+                break;
+            }
+        } else if now >= hard_end {
+            t.fail("send schedule over its time budget".into());
+            break;
+        }
+        let wait = if k < total {
+            let due = start + (k as f64 * 1e9 / total_rate) as u64;
+            Duration::from_nanos(due.saturating_sub(now).min(20 * MS))
+        } else {
+            Duration::from_millis(20)
+        };
+        eng.poll(wait, &mut |a, b, c| rx.on(a, b, c))?;
+        for note in eng.take_notes() {
+            if let Note::Failed { why, .. } = note {
+                alive -= 1;
+                t.fail(format!("during run: {}", why.key()));
+            }
+        }
+        if now - last_progress > 250 * MS {
+            last_progress = now;
+            let el = now.saturating_sub(start) as f64 / 1e9;
+            ctx.progress(&format!(
+                "[{label}] {el:.1}s sent {k}/{total}, delivered {delivered} ({:.0}/s), {alive} open",
+                delivered as f64 / el.max(1e-9)
+            ));
+        }
+    }
+    t.run_end_ns = rx.last_at.max(done_sending_at.unwrap_or(start));
+    t.delivered = rx.got.iter().sum();
+    t.receivers = globals
+        .iter()
+        .zip(&rx.got)
+        .map(|(&g, &n)| [g, (s.group)(g), n])
+        .collect();
+    t.latency = rx.lat;
+    t.other_frames = rx.other;
+    t.welcomes = rx.welcomes;
+    let bad_shape = rx.bad_shape;
+    t.bytes_in = eng.stats.bytes_in;
+    t.bytes_out = eng.stats.bytes_out;
+    if bad_shape > 0 {
+        t.fail(format!("{bad_shape} messages not JSON events (use --raw?)"));
+    }
+    ctx.end_window(&t)?;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trips_raw_and_inside_json() {
+        let mut buf = Vec::new();
+        write_message(&mut buf, 0xabc, 123_456_789, 7, 42, 64);
+        assert_eq!(buf.len(), 64);
+        let m = find_marker(&buf).unwrap();
+        assert_eq!((m.nonce, m.sent_ns), (0xabc, 123_456_789));
+        let json = format!(
+            r#"{{"type":"message","id":3,"room_id":"r","client_id":"c0","content":"{}","timestamp":"x"}}"#,
+            std::str::from_utf8(&buf).unwrap()
+        );
+        let m = find_marker(json.as_bytes()).unwrap();
+        assert_eq!(m.sent_ns, 123_456_789);
+        assert!(find_marker(br#"{"type":"join","client_id":"c1"}"#).is_none());
+    }
+}
