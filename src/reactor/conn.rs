@@ -58,7 +58,16 @@ pub(crate) enum Phase {
     Open { ws: WebSocket, endpoint: Endpoint },
     /// We sent (or queued) Close: input is discarded until the peer's FIN,
     /// at most until `deadline` (5 s). `fin_sent`: our write side is shut.
-    ClosingByUs { deadline: u32, fin_sent: bool },
+    /// `peer`: the decoder, kept when we closed for a reason that left it in
+    /// step with the stream (shutdown, slow consumer, 1003), so the peer's
+    /// Close is noticed and the connection ends at once (RFC 6455 §7.1.1: the
+    /// server closes TCP first). After a protocol error it is `None` and the
+    /// rest of the input is discarded.
+    ClosingByUs {
+        deadline: u32,
+        fin_sent: bool,
+        peer: Option<WebSocket>,
+    },
     /// Writing the last bytes (an HTTP answer, a close echo), then closing.
     Finishing { deadline: u32 },
     /// Transient: the WebSocket is moved out while one of its events is handled.

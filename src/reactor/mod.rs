@@ -502,12 +502,38 @@ impl Core {
             let step = match c.phase {
                 Phase::AwaitingRequest { .. } => self.handle_request(key, &mut buf[used..]),
                 Phase::Open { .. } => self.handle_frames(key, &mut buf[used..]),
+                Phase::ClosingByUs { peer: Some(_), .. } => self.await_close(key, &mut buf[used..]),
                 // Closing: nothing more from this peer is acted upon.
                 _ => buf.len() - used,
             };
             used += step;
             if step == 0 || used == buf.len() {
                 return used;
+            }
+        }
+    }
+
+    /// After our Close: skips frames until the peer's Close, then ends the
+    /// connection (its answer is all we waited for). Returns the bytes used.
+    fn await_close(&mut self, key: ConnKey, buf: &mut [u8]) -> usize {
+        let c = &mut self.conns[key.index as usize];
+        let Phase::ClosingByUs { peer, .. } = &mut c.phase else {
+            unreachable!("bug: await_close outside ClosingByUs")
+        };
+        let ws = peer.as_mut().expect("bug: no decoder kept");
+        let mut used = 0;
+        loop {
+            match ws.read(&mut buf[used..]) {
+                Ok((_, Some(Event::Close { .. }))) => {
+                    self.doomed.push(key);
+                    return buf.len();
+                }
+                Ok((0, None)) => return used,
+                Ok((n, _)) => used += n,
+                Err(_) => {
+                    *peer = None;
+                    return buf.len();
+                }
             }
         }
     }
@@ -1216,10 +1242,17 @@ impl Core {
         if c.gen != key.gen {
             return;
         }
-        let endpoint = match std::mem::replace(&mut c.phase, Phase::Busy) {
-            Phase::Open { endpoint, .. } => Some(endpoint),
-            _ => None,
+        let (endpoint, ws) = match std::mem::replace(&mut c.phase, Phase::Busy) {
+            Phase::Open { endpoint, ws } => (Some(endpoint), Some(ws)),
+            _ => (None, None),
         };
+        // After 1002/1007/1009 the input may be cut mid-frame: stop decoding.
+        let peer = ws.filter(|_| {
+            matches!(
+                code,
+                CloseCode::Normal | CloseCode::Away | CloseCode::Policy | CloseCode::Unsupported
+            )
+        });
         let mut payload = [0u8; 125];
         let n = write_close_payload(code, reason, &mut payload);
         self.send_frame_local(key, OpCode::Close, &payload[..n]);
@@ -1230,6 +1263,7 @@ impl Core {
         self.conns[key.index as usize].phase = Phase::ClosingByUs {
             deadline,
             fin_sent: false,
+            peer,
         };
         self.arm(key, deadline);
         debug!("closing {} with {code}: {reason}", key.index);
@@ -1408,15 +1442,13 @@ impl Core {
             }
             Phase::Finishing { .. } if c.backlog_bytes() == 0 => self.doomed.push(key),
             Phase::ClosingByUs {
-                deadline,
-                fin_sent: false,
+                fin_sent: false, ..
             } if c.backlog_bytes() == 0 => {
                 // Our close is out: send FIN and wait for the peer's.
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
-                c.phase = Phase::ClosingByUs {
-                    deadline,
-                    fin_sent: true,
-                };
+                if let Phase::ClosingByUs { fin_sent, .. } = &mut c.phase {
+                    *fin_sent = true;
+                }
             }
             _ => {}
         }
