@@ -348,8 +348,22 @@ impl Cork {
         self.nodes.clear();
         self.dirty.clear();
         self.bytes.clear();
-        if self.bytes.capacity() > 4 << 20 {
-            self.bytes = Vec::new();
+        // A burst (thousands of handshakes in one turn, a 16 MiB echo) must
+        // not leave its high-water mark behind: that would be paid for by
+        // every idle connection in the density figure.
+        const KEEP_BYTES: usize = 256 * 1024;
+        const KEEP_NODES: usize = 8 * 1024;
+        if self.bytes.capacity() > KEEP_BYTES {
+            self.bytes.shrink_to(KEEP_BYTES / 4);
+        }
+        if self.nodes.capacity() > KEEP_NODES {
+            self.nodes.shrink_to(KEEP_NODES / 4);
+        }
+        if self.dirty.capacity() > KEEP_NODES {
+            self.dirty.shrink_to(KEEP_NODES / 4);
+        }
+        if self.shared.capacity() > KEEP_NODES {
+            self.shared.shrink_to(KEEP_NODES / 4);
         }
     }
 }
@@ -369,7 +383,29 @@ pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
     conn.cork_tail = NONE;
     // Skipped when the backlog is still non-empty: order must be kept.
     let mut skip = 0usize;
-    while node != NONE && conn.backlog_bytes() == 0 {
+    // The common case in fan-out: one frame for this peer this turn. A plain
+    // write spares building the vector below; a short one means the socket is full.
+    let mut full = false;
+    if node != NONE && cork.nodes[node as usize].next == NONE && conn.backlog_bytes() == 0 {
+        let bytes = cork.item_bytes(cork.nodes[node as usize].item);
+        let n = loop {
+            match conn.stream.write(bytes) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                Err(e) => return Err(e),
+            }
+        };
+        written += n;
+        if n == bytes.len() {
+            node = NONE;
+        } else {
+            skip = n;
+            full = true;
+        }
+    }
+    while node != NONE && !full && conn.backlog_bytes() == 0 {
         let mut iov = [IoSlice::new(&[]); 64];
         let mut n_iov = 0;
         let mut cursor = node;
