@@ -128,6 +128,9 @@ fn parse_rate_limit(s: &str) -> Result<RateOption, String> {
     if per_secs == 0 {
         return Err("the window must be at least 1 second".into());
     }
+    if tokens > 1_000_000 || per_secs > 1_000_000 {
+        return Err("count and window are at most 1000000 each".into());
+    }
     Ok(RateOption(Some(RateLimit { tokens, per_secs })))
 }
 

@@ -11,12 +11,13 @@ use super::{Micros, RateLimit};
 ///
 /// Continuous refill (not a reset every window) means no burst of 2N at a window boundary. To stay in
 /// integers the level is kept in "token-microseconds": one token is `per_secs * 10^6` units and each
-/// elapsed microsecond adds `tokens` units. `u128` because `tokens * per_secs * 10^6` can pass `u64::MAX`
-/// for large (odd but valid) settings.
+/// elapsed microsecond adds `tokens` units. The arithmetic is done in `u128` and the level kept in a
+/// `u64` (two words a member: this is paid by every idle connection); `--rate-limit` caps both numbers at
+/// 10^6, so the capacity, at most 10^18, always fits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TokenBucket {
     /// INVARIANT: `level <= capacity(limit)` for the limit this bucket is used with.
-    level: u128,
+    level: u64,
     /// When `level` was last brought up to date; never moves backwards.
     last: Micros,
 }
@@ -25,7 +26,7 @@ impl TokenBucket {
     /// A full bucket: a new connection may send a burst of `tokens` messages at once.
     pub(crate) fn full(limit: &RateLimit, now: Micros) -> TokenBucket {
         TokenBucket {
-            level: capacity(limit),
+            level: capacity(limit) as u64,
             last: now,
         }
     }
@@ -38,14 +39,15 @@ impl TokenBucket {
         let elapsed = now.saturating_sub(self.last);
         self.last = self.last.max(now);
         let refill = u128::from(elapsed) * u128::from(limit.tokens);
-        self.level = self.level.saturating_add(refill).min(capacity(limit));
+        let level = (u128::from(self.level) + refill).min(capacity(limit));
         let cost = token_cost(limit);
-        if self.level >= cost {
-            self.level -= cost;
-            true
+        let (level, ok) = if level >= cost {
+            (level - cost, true)
         } else {
-            false
-        }
+            (level, false)
+        };
+        self.level = level as u64;
+        ok
     }
 }
 
@@ -53,8 +55,9 @@ fn token_cost(limit: &RateLimit) -> u128 {
     u128::from(limit.per_secs) * u128::from(MICROS_PER_SEC)
 }
 
+/// Capped at `u64::MAX` so the level always fits its field (settings are validated far below that).
 fn capacity(limit: &RateLimit) -> u128 {
-    u128::from(limit.tokens) * token_cost(limit)
+    (u128::from(limit.tokens) * token_cost(limit)).min(u128::from(u64::MAX))
 }
 
 #[cfg(test)]
@@ -118,9 +121,13 @@ mod tests {
     }
 
     #[test]
-    fn huge_settings_do_not_overflow() {
-        let l = limit(u32::MAX, u64::MAX / 2);
+    fn largest_accepted_settings_do_not_overflow() {
+        // `--rate-limit` refuses more than 10^6 tokens or seconds.
+        let l = limit(1_000_000, 1_000_000);
         let mut b = TokenBucket::full(&l, 0);
+        for _ in 0..1000 {
+            assert!(b.try_take(&l, 0));
+        }
         assert!(b.try_take(&l, u64::MAX));
     }
 }
