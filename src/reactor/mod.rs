@@ -798,7 +798,12 @@ impl Core {
         };
         c.last_rx = tick;
         debug!("connection {} open on {endpoint:?}", key.index);
-        self.arm(key, tick + self.ping_ticks);
+        // The handshake deadline's entry stays the live one when it comes
+        // first: on firing it finds the connection open and re-arms for the
+        // heartbeat. One entry per connection, not two (density).
+        if c.timer_due > tick + self.ping_ticks {
+            self.arm(key, tick + self.ping_ticks);
+        }
     }
 
     /// Decodes frames at the start of `buf`; returns the bytes used.

@@ -115,6 +115,11 @@ impl<T> Wheel<T> {
                     self.slots[slot].push(e);
                 }
             }
+            // A burst (every connection's deadline in one slot) must not
+            // stay resident in the scratch vector once it has fired.
+            if self.scratch.capacity() > 4096 {
+                self.scratch = Vec::new();
+            }
         }
     }
 }
