@@ -59,8 +59,16 @@ fn start_reactor() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     // The reactor is single-threaded by design (`Rc` frames): build it on its own thread.
     std::thread::spawn(move || {
-        let cli = wisp::config::Cli::try_parse_from(["wisp", "--bind", "127.0.0.1:0", "--rate-limit", "0", "--log", "error"])
-            .expect("options");
+        let cli = wisp::config::Cli::try_parse_from([
+            "wisp",
+            "--bind",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "0",
+            "--log",
+            "error",
+        ])
+        .expect("options");
         let cfg = cli.serve.into_config().expect("config");
         let reactor = wisp::reactor::Reactor::bind(cfg).expect("bind");
         tx.send(reactor.local_addr()).unwrap();
@@ -89,7 +97,9 @@ fn next_event(ws: &mut Ws) -> serde_json::Value {
 
 /// Reactor allocations per message broadcast to `receivers` members of a fresh room.
 fn allocs_per_message(addr: SocketAddr, room: &str, receivers: usize, messages: usize) -> f64 {
-    let mut rx: Vec<Ws> = (0..receivers).map(|i| connect(addr, &format!("/ws/{room}/r{i}"))).collect();
+    let mut rx: Vec<Ws> = (0..receivers)
+        .map(|i| connect(addr, &format!("/ws/{room}/r{i}")))
+        .collect();
     let mut sender = connect(addr, &format!("/ws/{room}/sender"));
     assert_eq!(next_event(&mut sender)["type"], "welcome");
     // Let every join event settle before counting.
@@ -128,5 +138,8 @@ fn broadcast_allocations_do_not_grow_with_recipients() {
     // A message costs a constant handful (its history entry, its JSON, one
     // shared frame); nothing is allocated per recipient.
     assert!(small < 16.0, "{small} allocations per message");
-    assert!(large <= small + 1.0, "8 receivers: {small}/msg, 64 receivers: {large}/msg");
+    assert!(
+        large <= small + 1.0,
+        "8 receivers: {small}/msg, 64 receivers: {large}/msg"
+    );
 }
