@@ -30,6 +30,8 @@ pub struct Window {
     pub rss_before: Option<u64>,
     pub rss_after: Option<u64>,
     pub cpu_us: Option<u64>,
+    /// CPU of each `--also-pid` over the same window.
+    pub also_cpu_us: Vec<Option<u64>>,
 }
 
 /// What a scenario needs from whoever runs it.
@@ -45,6 +47,7 @@ pub struct Ctx {
     rss_before: Option<u64>,
     rss_after: Option<u64>,
     cpu_start: Option<u64>,
+    also_start: Vec<Option<u64>>,
     /// One per measured window (solo only).
     pub windows: Vec<Window>,
 }
@@ -66,6 +69,7 @@ impl Ctx {
             probe,
             rss_after: None,
             cpu_start: None,
+            also_start: Vec::new(),
             windows: Vec::new(),
             shard,
             shards,
@@ -85,9 +89,12 @@ impl Ctx {
             println!("READY");
             io::stdout().flush()?;
             expect_line(stdin, "GO")?;
-        } else if let Some(p) = self.probe {
-            self.rss_after = p.rss();
-            self.cpu_start = p.cpu_us();
+        } else {
+            if let Some(p) = self.probe {
+                self.rss_after = p.rss();
+                self.cpu_start = p.cpu_us();
+            }
+            self.also_start = also_cpu(&self.c);
         }
         Ok(())
     }
@@ -108,6 +115,7 @@ impl Ctx {
                 rss_before: self.rss_before,
                 rss_after: self.rss_after,
                 cpu_us,
+                also_cpu_us: cpu_deltas(&self.also_start, &also_cpu(&self.c)),
             });
         }
         Ok(())
@@ -127,6 +135,23 @@ impl Ctx {
     }
 }
 
+/// CPU of each `--also-pid` now.
+fn also_cpu(c: &Common) -> Vec<Option<u64>> {
+    c.also_pid
+        .iter()
+        .map(|&pid| Probe { pid }.cpu_us())
+        .collect()
+}
+
+/// `after - before`, per process, where both were read.
+fn cpu_deltas(before: &[Option<u64>], after: &[Option<u64>]) -> Vec<Option<u64>> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(a, b)| Some(b.as_ref()?.saturating_sub(*a.as_ref()?)))
+        .collect()
+}
+
 fn expect_line(r: &mut impl BufRead, want: &str) -> io::Result<()> {
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -143,7 +168,10 @@ fn expect_line(r: &mut impl BufRead, want: &str) -> io::Result<()> {
 pub fn drive(cmd: &Cmd) -> Result<(), String> {
     let c = scenarios::common(cmd).clone();
     let limit = sys::raise_nofile_limit();
-    c.target()?;
+    c.targets()?;
+    if !c.also_url.is_empty() && !scenarios::supports_nodes(cmd) {
+        return Err("--also-url applies to fanout and rooms".into());
+    }
     if c.procs > 1 && c.shard.is_none() {
         if !scenarios::supports_procs(cmd) {
             return Err("--procs applies to idle, fanout and rooms".into());
@@ -207,6 +235,7 @@ fn parent(cmd: &Cmd, c: &Common) -> Result<(), String> {
     }
     let rss_after = probe.and_then(|p| p.rss());
     let cpu0 = probe.and_then(|p| p.cpu_us());
+    let also0 = also_cpu(c);
     for (_, input, _) in kids.iter_mut() {
         writeln!(input, "GO").map_err(|e| e.to_string())?;
     }
@@ -221,6 +250,7 @@ fn parent(cmd: &Cmd, c: &Common) -> Result<(), String> {
         merged.merge(&t);
     }
     let cpu1 = probe.and_then(|p| p.cpu_us());
+    let also1 = also_cpu(c);
     for (mut child, mut input, _) in kids {
         let _ = writeln!(input, "EXIT");
         drop(input);
@@ -234,6 +264,7 @@ fn parent(cmd: &Cmd, c: &Common) -> Result<(), String> {
             (Some(b), Some(a)) => Some(b.saturating_sub(a)),
             _ => None,
         },
+        also_cpu_us: cpu_deltas(&also0, &also1),
     };
     apply(&mut r, c, &w);
     emit(&r, c, None).map_err(|e| e.to_string())
@@ -249,6 +280,9 @@ fn apply(r: &mut Report, c: &Common, w: &Window) {
         .insert("duration_s".into(), serde_json::json!(c.duration));
     if c.raw {
         r.params.insert("raw".into(), serde_json::json!(true));
+    }
+    for (&pid, &cpu) in c.also_pid.iter().zip(&w.also_cpu_us) {
+        r.add_also_cpu(pid, cpu);
     }
     if let Some(pid) = c.server_pid {
         r.set_cpu(pid, w.cpu_us);

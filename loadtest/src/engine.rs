@@ -120,17 +120,22 @@ pub struct Engine {
     conns: Slab<Conn>,
     rbuf: Vec<u8>,
     rng: MaskRng,
-    target: SocketAddr,
-    host: String,
+    /// The servers dialed, each with its `Host` header; a connection picks
+    /// one by index (one room spread over several cluster nodes).
+    targets: Vec<(SocketAddr, String)>,
     sources: Vec<Ipv4Addr>,
     notes: Vec<Note>,
     pub stats: IoStats,
 }
 
 impl Engine {
-    /// An engine dialing `target` from `sources` loopback addresses
-    /// (127.0.0.1, 127.0.0.2, …), chosen per connection by the caller.
-    pub fn new(target: SocketAddr, sources: usize) -> io::Result<Engine> {
+    /// An engine dialing `targets` (at least one) from `sources` loopback
+    /// addresses (127.0.0.1, 127.0.0.2, …), both chosen per connection by
+    /// the caller.
+    pub fn new(targets: &[SocketAddr], sources: usize) -> io::Result<Engine> {
+        if targets.is_empty() {
+            return Err(io::Error::other("bug: an engine needs a target"));
+        }
         let sources = (1..=sources.clamp(1, 255))
             .map(|i| Ipv4Addr::new(127, 0, 0, i as u8))
             .collect();
@@ -140,8 +145,7 @@ impl Engine {
             conns: Slab::new(),
             rbuf: vec![0; RECV_BUF],
             rng: MaskRng::from_os(),
-            target,
-            host: target.to_string(),
+            targets: targets.iter().map(|t| (*t, t.to_string())).collect(),
             sources,
             notes: Vec::new(),
             stats: IoStats::default(),
@@ -153,10 +157,19 @@ impl Engine {
         self.conns.len()
     }
 
-    /// Starts a connection to `path` from source address number `source`
-    /// (modulo the number of sources). The upgrade request is sent as soon as
-    /// TCP connects; [`Note::Opened`] follows the server's 101.
-    pub fn connect(&mut self, path: &str, source: usize, tag: u32) -> io::Result<ConnId> {
+    /// Starts a connection to `path` on target number `target` (modulo the
+    /// number of targets) from source address number `source` (modulo the
+    /// number of sources). The upgrade request is sent as soon as TCP
+    /// connects; [`Note::Opened`] follows the server's 101.
+    pub fn connect(
+        &mut self,
+        target: usize,
+        path: &str,
+        source: usize,
+        tag: u32,
+    ) -> io::Result<ConnId> {
+        let (addr, host) = &self.targets[target % self.targets.len()];
+        let addr = *addr;
         let sock = Socket::new(
             Domain::IPV4,
             Type::STREAM.nonblocking(),
@@ -181,7 +194,7 @@ impl Engine {
             }
             sock.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
         }
-        match sock.connect(&self.target.into()) {
+        match sock.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
@@ -200,7 +213,7 @@ impl Engine {
             phase: Phase::Connecting { key },
             ws: WebSocket::new(Role::Client, MAX_MESSAGE),
             tail: Vec::new(),
-            out: request(&self.host, path, &key),
+            out: request(host, path, &key),
             out_pos: 0,
             tag,
             started_ns: now_ns(),

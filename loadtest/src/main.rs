@@ -62,6 +62,12 @@ pub struct Common {
     /// The server, `ws://HOST:PORT` (the path is chosen by the scenario).
     #[arg(long, default_value = "ws://127.0.0.1:8000")]
     pub url: String,
+    /// Another node of the same cluster, `ws://HOST:PORT` (repeatable;
+    /// fanout and rooms): receivers are spread round-robin over `--url` and
+    /// these, so one room spans several nodes. Senders of fanout stay on
+    /// `--url`.
+    #[arg(long = "also-url", value_name = "URL")]
+    pub also_url: Vec<String>,
     /// Length of the measured window, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -71,6 +77,10 @@ pub struct Common {
     /// The server's PID: its CPU (utime+stime) over the window and its RSS.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Another process whose CPU over the window is reported (repeatable):
+    /// the other nodes of a cluster, `redis-server`.
+    #[arg(long = "also-pid", value_name = "PID")]
+    pub also_pid: Vec<u32>,
     /// Where to write the JSON report (the SVG goes next to it).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -107,20 +117,27 @@ pub struct Common {
 }
 
 impl Common {
-    /// The server's socket address from `--url`.
-    pub fn target(&self) -> Result<SocketAddr, String> {
-        let rest = self
-            .url
-            .strip_prefix("ws://")
-            .or_else(|| self.url.strip_prefix("http://"))
-            .unwrap_or(&self.url);
-        let hostport = rest.split('/').next().unwrap_or(rest);
-        hostport
-            .to_socket_addrs()
-            .map_err(|e| format!("--url {}: {e}", self.url))?
-            .find(|a| a.is_ipv4())
-            .ok_or_else(|| format!("--url {}: no IPv4 address", self.url))
+    /// The servers' socket addresses: `--url` first, then each `--also-url`.
+    pub fn targets(&self) -> Result<Vec<SocketAddr>, String> {
+        std::iter::once(&self.url)
+            .chain(&self.also_url)
+            .map(|u| resolve(u))
+            .collect()
     }
+}
+
+/// The IPv4 socket address of `ws://HOST:PORT[/...]`.
+fn resolve(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {url}: {e}"))?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("--url {url}: no IPv4 address"))
 }
 
 fn main() -> ExitCode {

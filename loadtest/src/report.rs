@@ -77,6 +77,10 @@ pub struct Tally {
     /// timestamp they carry to their arrival.
     pub delivered: u64,
     pub latency: Hist,
+    /// The same, per node (`--url`, then each `--also-url`) of the
+    /// recipient; empty with a single node.
+    #[serde(default)]
+    pub latency_by_node: Vec<Hist>,
     /// (global connection index, group, messages received) per receiver.
     pub receivers: Vec<[u64; 3]>,
     /// Frames that were not our messages (welcome, join, leave, ...).
@@ -119,6 +123,13 @@ impl Tally {
         }
         self.delivered += o.delivered;
         self.latency.merge(&o.latency);
+        if self.latency_by_node.len() < o.latency_by_node.len() {
+            self.latency_by_node
+                .resize(o.latency_by_node.len(), Hist::default());
+        }
+        for (h, o) in self.latency_by_node.iter_mut().zip(&o.latency_by_node) {
+            h.merge(o);
+        }
         self.receivers.extend_from_slice(&o.receivers);
         self.other_frames += o.other_frames;
         self.welcomes += o.welcomes;
@@ -216,7 +227,15 @@ pub struct Report {
     pub welcomes: u64,
     pub max_send_lag_ms: f64,
     pub latency: Latency,
+    /// Latency at the recipients on each node (`--url`, then each
+    /// `--also-url`); empty with a single node.
+    #[serde(default)]
+    pub latency_by_node: Vec<Latency>,
     pub server: ServerSide,
+    /// CPU of the `--also-pid` processes (other cluster nodes, Redis) over
+    /// the same window.
+    #[serde(default)]
+    pub also: Vec<ServerSide>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Notes on the run (generator fell behind, loss, ...).
@@ -248,6 +267,7 @@ impl Report {
             welcomes: t.welcomes,
             max_send_lag_ms: t.max_send_lag_ns as f64 / 1e6,
             latency: Latency::from_hist(&t.latency),
+            latency_by_node: t.latency_by_node.iter().map(Latency::from_hist).collect(),
             bytes_in: t.bytes_in,
             bytes_out: t.bytes_out,
             ..Report::default()
@@ -290,6 +310,24 @@ impl Report {
                 self.server.cpu_share = Some(cpu as f64 / 1e6 / self.window_s);
             }
         }
+    }
+
+    /// Adds one `--also-pid` process's CPU over the window.
+    pub fn add_also_cpu(&mut self, pid: u32, cpu_us: Option<u64>) {
+        let mut s = ServerSide {
+            pid,
+            cpu_us,
+            ..ServerSide::default()
+        };
+        if let Some(cpu) = cpu_us {
+            if self.ops > 0 {
+                s.cpu_us_per_op = Some(cpu as f64 / self.ops as f64);
+            }
+            if self.window_s > 0.0 {
+                s.cpu_share = Some(cpu as f64 / 1e6 / self.window_s);
+            }
+        }
+        self.also.push(s);
     }
 
     /// The human summary: a two-column table.
@@ -360,6 +398,15 @@ impl Report {
                 ),
             );
         }
+        for (i, l) in self.latency_by_node.iter().enumerate() {
+            row(
+                &format!("latency µs node {i}"),
+                format!(
+                    "p50 {:.0}  p99 {:.0}  max {:.0}  (n={})",
+                    l.p50_us, l.p99_us, l.max_us, l.count
+                ),
+            );
+        }
         if let Some(c) = self.server.cpu_us_per_op {
             row(
                 &format!("server CPU / {}", self.per),
@@ -379,6 +426,21 @@ impl Report {
                     cpu as f64 / 1e6,
                     self.server.cpu_share.unwrap_or(0.0) * 100.0
                 ),
+            );
+        }
+        for s in &self.also {
+            row(
+                &format!("CPU of pid {}", s.pid),
+                match s.cpu_us {
+                    Some(cpu) => format!(
+                        "{:.2} s ({:.0}% of a core, {:.3} µs / {})",
+                        cpu as f64 / 1e6,
+                        s.cpu_share.unwrap_or(0.0) * 100.0,
+                        s.cpu_us_per_op.unwrap_or(0.0),
+                        self.per
+                    ),
+                    None => "unreadable".into(),
+                },
             );
         }
         if let (Some(b), Some(a)) = (self.server.rss_before, self.server.rss_after) {

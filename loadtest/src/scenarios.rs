@@ -118,6 +118,11 @@ pub fn supports_procs(cmd: &Cmd) -> bool {
     matches!(cmd, Cmd::Idle(_) | Cmd::Fanout(_) | Cmd::Rooms(_))
 }
 
+/// Scenarios that spread their connections over `--url` and `--also-url`.
+pub fn supports_nodes(cmd: &Cmd) -> bool {
+    matches!(cmd, Cmd::Fanout(_) | Cmd::Rooms(_))
+}
+
 pub fn phase_suffix(cmd: &Cmd, i: usize) -> String {
     match cmd {
         Cmd::Echo(a) => format!("inflight{}", a.inflight[i]),
@@ -126,8 +131,8 @@ pub fn phase_suffix(cmd: &Cmd, i: usize) -> String {
 }
 
 pub fn run(cmd: &Cmd, ctx: &mut Ctx, fd_limit: u64) -> io::Result<Vec<Tally>> {
-    let target = ctx.c.target().map_err(io::Error::other)?;
-    let mut eng = Engine::new(target, ctx.c.sources as usize)?;
+    let targets = ctx.c.targets().map_err(io::Error::other)?;
+    let mut eng = Engine::new(&targets, ctx.c.sources as usize)?;
     let local = |n: u64| (0..n).filter(|&g| ctx.mine(g)).count() as u64;
     let want = match cmd {
         Cmd::Idle(a) => local(a.conns),
@@ -223,12 +228,14 @@ enum St {
 }
 
 /// Opens `paths.len()` connections (local index = tag), at most
-/// `--concurrency` at a time. Returns each one's state.
+/// `--concurrency` at a time, each `(global index, node, path)` to target
+/// number `node` (0: `--url`, then each `--also-url`). Returns each one's
+/// state.
 fn connect_all(
     ctx: &Ctx,
     eng: &mut Engine,
     label: &str,
-    paths: &[(u64, String)],
+    paths: &[(u64, usize, String)],
     tally: &mut Tally,
     on_msg: &mut dyn FnMut(u32, &[u8], u64),
 ) -> io::Result<Vec<St>> {
@@ -247,8 +254,8 @@ fn connect_all(
             break;
         }
         while next < n && pending < ctx.c.concurrency {
-            let (g, path) = &paths[next];
-            match eng.connect(path, *g as usize, next as u32) {
+            let (g, node, path) = &paths[next];
+            match eng.connect(*node, path, *g as usize, next as u32) {
                 Ok(id) => {
                     st[next] = St::Pending(id);
                     pending += 1;
@@ -338,9 +345,9 @@ fn ignore(_: u32, _: &[u8], _: u64) {}
 
 fn idle(ctx: &mut Ctx, eng: &mut Engine, a: &IdleArgs) -> io::Result<Tally> {
     let mut t = Tally::default();
-    let paths: Vec<(u64, String)> = (0..a.conns)
+    let paths: Vec<(u64, usize, String)> = (0..a.conns)
         .filter(|&g| ctx.mine(g))
-        .map(|g| (g, a.path.clone()))
+        .map(|g| (g, 0, a.path.clone()))
         .collect();
     let mut frames = 0u64;
     let mut count = |_: u32, _: &[u8], _: u64| frames += 1;
@@ -397,7 +404,7 @@ fn storm(ctx: &mut Ctx, eng: &mut Engine, a: &StormArgs) -> io::Result<Tally> {
             break;
         }
         while now < end && in_flight < ctx.c.concurrency {
-            match eng.connect(&a.path, g as usize, 0) {
+            match eng.connect(0, &a.path, g as usize, 0) {
                 Ok(_) => in_flight += 1,
                 Err(e) => t.fail(format!("connect: {}", e.kind())),
             }
@@ -448,7 +455,8 @@ fn storm(ctx: &mut Ctx, eng: &mut Engine, a: &StormArgs) -> io::Result<Tally> {
 
 fn echo(ctx: &mut Ctx, eng: &mut Engine, a: &EchoArgs) -> io::Result<Vec<Tally>> {
     let mut setup = Tally::default();
-    let paths: Vec<(u64, String)> = (0..a.conns).map(|g| (g, "/echo".to_string())).collect();
+    let paths: Vec<(u64, usize, String)> =
+        (0..a.conns).map(|g| (g, 0, "/echo".to_string())).collect();
     let st = connect_all(ctx, eng, "echo", &paths, &mut setup, &mut ignore)?;
     let ids: Vec<Option<ConnId>> = st
         .iter()
@@ -567,6 +575,8 @@ pub struct Chat {
     size: usize,
     /// Path of global connection `g`.
     path: Box<dyn Fn(u64) -> String>,
+    /// Node (0: `--url`, then each `--also-url`) of global connection `g`.
+    node: Box<dyn Fn(u64) -> usize>,
     /// Group (room) of global connection `g`.
     group: Box<dyn Fn(u64) -> u64>,
     groups: u64,
@@ -581,6 +591,7 @@ pub struct Chat {
 impl Chat {
     pub fn fanout(a: &FanoutArgs, nonce: u32) -> Chat {
         let global = a.global;
+        let nodes = 1 + a.common.also_url.len();
         Chat {
             label: "fanout",
             conns: a.conns,
@@ -593,6 +604,9 @@ impl Chat {
                     format!("/ws/lt{nonce:08x}-fan/c{g}")
                 }
             }),
+            // Connection 0, the sender, is on `--url`; the receivers after
+            // it take the nodes in turn.
+            node: Box::new(move |g| (g % nodes as u64) as usize),
             group: Box::new(|_| 0),
             groups: 1,
             sends: Box::new(|g| g == 0),
@@ -603,12 +617,15 @@ impl Chat {
 
     pub fn rooms(a: &RoomsArgs, nonce: u32) -> Chat {
         let per = a.per_room.max(1);
+        let nodes = 1 + a.common.also_url.len() as u64;
         Chat {
             label: "rooms",
             conns: a.rooms * per,
             rate: a.rate,
             size: a.size,
             path: Box::new(move |g| format!("/ws/lt{nonce:08x}-r{}/c{g}", g / per)),
+            // Each room's members take the nodes in turn.
+            node: Box::new(move |g| (g % per % nodes) as usize),
             group: Box::new(move |g| g / per),
             groups: a.rooms,
             sends: Box::new(|_| true),
@@ -656,6 +673,10 @@ struct Receivers {
     welcomes: u64,
     last_at: u64,
     lat: crate::report::Hist,
+    /// Node of each local connection, and latency at each node's receivers
+    /// (empty with a single node).
+    node_of: Vec<usize>,
+    lat_by_node: Vec<crate::report::Hist>,
     /// Our messages that did not arrive inside a JSON event.
     bad_shape: u64,
 }
@@ -669,6 +690,9 @@ impl Receivers {
                 }
                 self.got[tag as usize] += 1;
                 self.lat.record(at.saturating_sub(m.sent_ns));
+                if let Some(h) = self.lat_by_node.get_mut(self.node_of[tag as usize]) {
+                    h.record(at.saturating_sub(m.sent_ns));
+                }
                 self.last_at = at;
             }
             _ => {
@@ -688,7 +712,10 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
         ..Tally::default()
     };
     let globals: Vec<u64> = (0..s.conns).filter(|&g| ctx.mine(g)).collect();
-    let paths: Vec<(u64, String)> = globals.iter().map(|&g| (g, (s.path)(g))).collect();
+    let paths: Vec<(u64, usize, String)> = globals
+        .iter()
+        .map(|&g| (g, (s.node)(g), (s.path)(g)))
+        .collect();
     let nonce = ctx.nonce;
 
     let mut rx = Receivers {
@@ -699,6 +726,11 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
         welcomes: 0,
         last_at: 0,
         lat: crate::report::Hist::default(),
+        node_of: paths.iter().map(|p| p.1).collect(),
+        lat_by_node: match ctx.c.also_url.len() {
+            0 => Vec::new(),
+            n => vec![crate::report::Hist::default(); n + 1],
+        },
         bad_shape: 0,
     };
     let st = connect_all(ctx, eng, label, &paths, &mut t, &mut |a, b, c| {
@@ -808,6 +840,7 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
         .map(|(&g, &n)| [g, (s.group)(g), n])
         .collect();
     t.latency = rx.lat;
+    t.latency_by_node = rx.lat_by_node;
     t.other_frames = rx.other;
     t.welcomes = rx.welcomes;
     let bad_shape = rx.bad_shape;
@@ -838,5 +871,47 @@ mod tests {
         let m = find_marker(json.as_bytes()).unwrap();
         assert_eq!(m.sent_ns, 123_456_789);
         assert!(find_marker(br#"{"type":"join","client_id":"c1"}"#).is_none());
+    }
+
+    fn parse(args: &[&str]) -> Cmd {
+        use clap::Parser;
+        crate::Cli::try_parse_from(std::iter::once("wisp-loadtest").chain(args.iter().copied()))
+            .unwrap()
+            .cmd
+    }
+
+    #[test]
+    fn also_url_spreads_receivers_round_robin_sender_on_url() {
+        let Cmd::Fanout(a) = parse(&["fanout", "-n", "6", "--also-url", "ws://127.0.0.1:9"]) else {
+            panic!("not fanout");
+        };
+        let c = Chat::fanout(&a, 1);
+        assert!((c.sends)(0));
+        let nodes: Vec<usize> = (0..6).map(|g| (c.node)(g)).collect();
+        assert_eq!(nodes, [0, 1, 0, 1, 0, 1]);
+        assert_eq!(a.common.targets().unwrap().len(), 2);
+
+        let Cmd::Fanout(one) = parse(&["fanout", "-n", "3"]) else {
+            panic!("not fanout");
+        };
+        let c = Chat::fanout(&one, 1);
+        assert!((0..3).all(|g| (c.node)(g) == 0));
+
+        let Cmd::Rooms(r) = parse(&[
+            "rooms",
+            "--rooms",
+            "2",
+            "--per-room",
+            "3",
+            "--also-url",
+            "ws://127.0.0.1:9",
+            "--also-url",
+            "ws://127.0.0.1:10",
+        ]) else {
+            panic!("not rooms");
+        };
+        let c = Chat::rooms(&r, 1);
+        let nodes: Vec<(u64, usize)> = (0..6).map(|g| ((c.group)(g), (c.node)(g))).collect();
+        assert_eq!(nodes, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
     }
 }
