@@ -368,18 +368,27 @@ impl Chat {
         let room_name = names::sanitize_name(room, names::DEFAULT_ROOM);
         let wanted = names::sanitize_name(client, names::DEFAULT_CLIENT);
         let bucket = self.new_bucket(now);
-        let (ttl, ttl_s) = (self.ttl, self.cfg.ttl_secs);
         let (key, room) = self.rooms.open(&room_name);
         let name = room.presence.join(m, wanted, bucket).name.to_string();
+        self.welcome(key, name, resume, now)
+    }
+
+    /// The `welcome` for `name`, who has just joined `key`, with its history chosen by the recovery
+    /// rules for `resume`, and the `join` event for everyone else. Shared by single-node and cluster joins.
+    fn welcome(&self, key: RoomKey, name: String, resume: Resume<'_>, now: Micros) -> Joined {
+        let room = self
+            .rooms
+            .get(key)
+            .expect("bug: welcome for a room that is not open");
         let recovery = room
             .history
-            .recover(resume.since, resume.epoch, &room.epoch, now, ttl);
+            .recover(resume.since, resume.epoch, &room.epoch, now, self.ttl);
         let welcome = events::welcome(
             Welcome {
                 room_id: &room.name,
                 client_id: &name,
                 users: room.users(),
-                ttl_s,
+                ttl_s: self.cfg.ttl_secs,
                 epoch: &room.epoch,
                 recovered: recovery.recovered,
             },

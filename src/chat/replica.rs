@@ -25,7 +25,7 @@ use std::collections::HashSet;
 
 use super::events::{self, Presence};
 use super::history::RoomMessage;
-use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey, Welcome};
+use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey};
 
 /// Where a `join` or `leave` event of the cluster happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +125,6 @@ impl Chat {
         let bucket = self.new_bucket(now);
         let (key, _) = self.rooms.open(room);
         self.adopt_epoch(key, epoch);
-        let (ttl, ttl_s) = (self.ttl, self.cfg.ttl_secs);
         let room = self.rooms.get_mut(key).expect("bug: room just opened");
         room.remote.retain(|n| **n != *name);
         let name = room
@@ -133,30 +132,7 @@ impl Chat {
             .join_exact(m, name.to_owned(), bucket)
             .name
             .to_string();
-        let recovery = room
-            .history
-            .recover(resume.since, resume.epoch, &room.epoch, now, ttl);
-        let welcome = events::welcome(
-            Welcome {
-                room_id: &room.name,
-                client_id: &name,
-                users: room.users(),
-                ttl_s,
-                epoch: &room.epoch,
-                recovered: recovery.recovered,
-            },
-            room.history
-                .timeline
-                .starting_at(recovery.start)
-                .map(|e| &*e.item.event),
-        );
-        let join_event = events::presence(Presence::Join, &room.name, &name, now);
-        Joined {
-            key,
-            name,
-            welcome,
-            join_event,
-        }
+        self.welcome(key, name, resume, now)
     }
 
     /// Cluster mode: a message of `room` came back from Redis. Stores it (unless its id is not newer
