@@ -174,18 +174,30 @@ impl Backlog {
                 iov[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
                 n_iov += 1;
             }
-            match stream.write_vectored(&iov[..n_iov]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
+            match write_some(stream, &iov[..n_iov])? {
+                0 => break,
+                n => {
                     self.consume(n);
                     total += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
             }
         }
         Ok(total)
+    }
+}
+
+/// One `writev` (a single slice makes it a plain write): the bytes the
+/// socket took, 0 when it is full (`WouldBlock`). `Interrupted` is retried;
+/// a socket that takes nothing without blocking is an error.
+fn write_some(stream: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match stream.write_vectored(iov) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -388,15 +400,7 @@ pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
     let mut full = false;
     if node != NONE && cork.nodes[node as usize].next == NONE && conn.backlog_bytes() == 0 {
         let bytes = cork.item_bytes(cork.nodes[node as usize].item);
-        let n = loop {
-            match conn.stream.write(bytes) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-                Err(e) => return Err(e),
-            }
-        };
+        let n = write_some(&mut conn.stream, &[IoSlice::new(bytes)])?;
         written += n;
         if n == bytes.len() {
             node = NONE;
@@ -419,17 +423,9 @@ pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
             n_iov += 1;
             cursor = n.next;
         }
-        let result = loop {
-            match conn.stream.write_vectored(&iov[..n_iov]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        let mut n = match result {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+        let mut n = match write_some(&mut conn.stream, &iov[..n_iov])? {
+            0 => break,
+            n => n,
         };
         written += n;
         // Advance over what was written.
