@@ -87,6 +87,8 @@ struct Core {
     ip_of: std::collections::HashMap<u32, IpAddr>,
     /// Connections to close at the end of the turn (after their output is written).
     doomed: Vec<ConnKey>,
+    /// Deadlines due this turn, reused so firing timers allocates nothing.
+    fired: Vec<(Tick, Deadline)>,
     next_gen: u32,
     websockets: usize,
     started: Instant,
@@ -210,6 +212,7 @@ impl Reactor {
             per_ip: Default::default(),
             ip_of: Default::default(),
             doomed: Vec::new(),
+            fired: Vec::new(),
             next_gen: 0,
             websockets: 0,
             started: now,
@@ -1514,10 +1517,10 @@ impl Core {
     // ---- timers ----------------------------------------------------------
 
     fn fire_timers(&mut self) {
-        let mut due = Vec::new();
+        let mut due = std::mem::take(&mut self.fired);
         self.wheel
             .advance(self.now, |tick, what| due.push((tick, what)));
-        for (tick, what) in due {
+        for (tick, what) in due.drain(..) {
             match what {
                 Deadline::Conn(key) => self.on_conn_timer(key, tick as u32),
                 Deadline::Room(room) => {
@@ -1531,6 +1534,10 @@ impl Core {
                     }
                 }
             }
+        }
+        // Like the wheel's scratch: a burst must not stay resident.
+        if due.capacity() <= 4096 {
+            self.fired = due;
         }
     }
 
