@@ -227,6 +227,16 @@ enum St {
     Gone,
 }
 
+/// The engine id of each connection that opened, by its place in `st`.
+fn open_ids(st: &[St]) -> Vec<Option<ConnId>> {
+    st.iter()
+        .map(|s| match s {
+            St::Open(id) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Opens `paths.len()` connections (local index = tag), at most
 /// `--concurrency` at a time, each `(global index, node, path)` to target
 /// number `node` (0: `--url`, then each `--also-url`). Returns each one's
@@ -458,13 +468,7 @@ fn echo(ctx: &mut Ctx, eng: &mut Engine, a: &EchoArgs) -> io::Result<Vec<Tally>>
     let paths: Vec<(u64, usize, String)> =
         (0..a.conns).map(|g| (g, 0, "/echo".to_string())).collect();
     let st = connect_all(ctx, eng, "echo", &paths, &mut setup, &mut ignore)?;
-    let ids: Vec<Option<ConnId>> = st
-        .iter()
-        .map(|s| match s {
-            St::Open(id) => Some(*id),
-            _ => None,
-        })
-        .collect();
+    let ids = open_ids(&st);
     let payload = vec![b'x'; a.size];
     let mut out = Vec::new();
     for &inflight in &a.inflight {
@@ -744,13 +748,7 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
         Duration::from_millis(300),
         &mut |a, b, c| rx.on(a, b, c),
     )?;
-    let ids: Vec<Option<ConnId>> = st
-        .iter()
-        .map(|s| match s {
-            St::Open(id) => Some(*id),
-            _ => None,
-        })
-        .collect();
+    let ids = open_ids(&st);
     // Senders, and the schedule: message k at start + k / total_rate.
     let senders: Vec<usize> = (0..globals.len())
         .filter(|&i| (s.sends)(globals[i]))
