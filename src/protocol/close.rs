@@ -106,8 +106,6 @@ pub enum ProtocolError {
     InvalidUtf8,
     /// The message (after reassembly) is over the configured limit.
     MessageTooBig,
-    /// A data frame after the peer's own close frame (§5.5.1: no data after Close).
-    DataAfterClose,
 }
 
 impl From<&ProtocolError> for CloseCode {
@@ -136,7 +134,6 @@ impl fmt::Display for ProtocolError {
             ProtocolError::BadCloseReason => "close reason not UTF-8",
             ProtocolError::InvalidUtf8 => "text not UTF-8",
             ProtocolError::MessageTooBig => "message too big",
-            ProtocolError::DataAfterClose => "data after close",
         };
         f.write_str(s)
     }
