@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::Micros;
+use super::{EventFrame, Micros};
 
 /// One retained entry and its arrival time.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ impl<T> Timeline<T> {
 #[derive(Debug)]
 pub(crate) struct RoomMessage {
     pub(crate) id: u64,
-    pub(crate) event: Box<str>,
+    pub(crate) event: EventFrame,
 }
 
 /// A room's history plus its id sequence.
@@ -266,6 +266,7 @@ impl RoomHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::frame::FrameBuf;
 
     const TTL: Micros = 60_000_000;
 
@@ -278,7 +279,7 @@ mod tests {
                 at,
                 RoomMessage {
                     id,
-                    event: format!("m{id}").into(),
+                    event: EventFrame::raw(&mut FrameBuf::default(), &format!("m{id}")),
                 },
                 max,
             );

@@ -51,7 +51,9 @@ use ratelimit::TokenBucket;
 use room::Rooms;
 use time::MICROS_PER_SEC;
 
-pub use events::Presence;
+use crate::protocol::frame::FrameBuf;
+
+pub use events::{EventFrame, Presence};
 pub use names::clean_name;
 pub(crate) use names::percent_decode;
 pub use replica::{
@@ -113,6 +115,8 @@ pub struct Resume<'a> {
 pub enum GlobalPost {
     /// Send the text, unchanged, to every [`Chat::global_members`], the sender included.
     Broadcast {
+        /// The text, framed once for all recipients (and kept in the history).
+        frame: EventFrame,
         /// `Some(due)`: arm the global expiry timer for `due` (the history was empty, so none is armed).
         arm_expiry: Option<Micros>,
     },
@@ -128,8 +132,8 @@ pub enum GlobalPost {
 pub enum Post {
     /// Send `event` to every [`Chat::room_members`], the sender included.
     Broadcast {
-        /// The `message` event JSON, built once for all recipients.
-        event: String,
+        /// The `message` event, framed once for all recipients (and kept in the history).
+        event: EventFrame,
         /// `Some(due)`: arm the room's expiry timer for `due` (the history was empty, so none is armed).
         arm_expiry: Option<Micros>,
     },
@@ -167,8 +171,8 @@ pub struct Joined {
     pub name: String,
     /// The `welcome` event JSON, the joiner's first frame.
     pub welcome: String,
-    /// The `join` event JSON, for every other member (`room_members` minus the joiner).
-    pub join_event: String,
+    /// The `join` event, for every other member (`room_members` minus the joiner).
+    pub join_event: EventFrame,
 }
 
 /// Sizes for `/healthz` and `/metrics`.
@@ -187,8 +191,8 @@ pub struct Chat {
     /// `cfg.ttl_secs` in microseconds, the unit of every timestamp.
     ttl: Micros,
     global_members: GlobalPresence,
-    /// The global channel's messages; the text is kept exactly as received.
-    global_history: Timeline<Box<str>>,
+    /// The global channel's messages; the text is kept exactly as received, framed.
+    global_history: Timeline<EventFrame>,
     rooms: Rooms,
     /// Messages retained across all histories, kept up to date so `counts` is O(1) for `/metrics`.
     history_messages: usize,
@@ -196,6 +200,8 @@ pub struct Chat {
     rate_limited_total: u64,
     /// Cluster mode: the last global-channel sequence number stored, to skip repeats.
     cluster_global_seq: u64,
+    /// Where room events and global messages are framed before their one shared allocation.
+    frames: FrameBuf,
 }
 
 /// A room message that is a JSON object; only `content` matters, other fields are ignored.
@@ -227,6 +233,7 @@ impl Chat {
             expired_total: 0,
             rate_limited_total: 0,
             cluster_global_seq: 0,
+            frames: FrameBuf::default(),
         }
     }
 
@@ -295,9 +302,8 @@ impl Chat {
         if let Err(error) = self.global_admit(m, now) {
             return GlobalPost::RateLimited { error };
         }
-        GlobalPost::Broadcast {
-            arm_expiry: self.global_store(text, now),
-        }
+        let (frame, arm_expiry) = self.global_store(text, now);
+        GlobalPost::Broadcast { frame, arm_expiry }
     }
 
     /// The rate limit half of [`Chat::global_post`]: takes a token from `m`'s bucket, or returns the
@@ -316,14 +322,15 @@ impl Chat {
         }
     }
 
-    /// The storing half of [`Chat::global_post`]: keeps `text` with arrival time `now`; `Some(due)`:
-    /// arm the global expiry timer.
-    pub fn global_store(&mut self, text: &str, now: Micros) -> Option<Micros> {
+    /// The storing half of [`Chat::global_post`]: keeps `text` with arrival time `now`. Returns `text`
+    /// framed for every member, and `Some(due)` when the global expiry timer must be armed.
+    pub fn global_store(&mut self, text: &str, now: Micros) -> (EventFrame, Option<Micros>) {
+        let frame = EventFrame::raw(&mut self.frames, text);
         let at = self.global_history.stamp(now);
         let pushed = self
             .global_history
-            .push(at, text.into(), self.cfg.history_max);
-        self.account_push(&pushed)
+            .push(at, frame.clone(), self.cfg.history_max);
+        (frame, self.account_push(&pushed))
     }
 
     /// Everyone on the global channel, in no particular order (leaving is a `swap_remove`).
@@ -375,7 +382,7 @@ impl Chat {
 
     /// The `welcome` for `name`, who has just joined `key`, with its history chosen by the recovery
     /// rules for `resume`, and the `join` event for everyone else. Shared by single-node and cluster joins.
-    fn welcome(&self, key: RoomKey, name: String, resume: Resume<'_>, now: Micros) -> Joined {
+    fn welcome(&mut self, key: RoomKey, name: String, resume: Resume<'_>, now: Micros) -> Joined {
         let room = self
             .rooms
             .get(key)
@@ -395,9 +402,9 @@ impl Chat {
             room.history
                 .timeline
                 .starting_at(recovery.start)
-                .map(|e| &*e.item.event),
+                .map(|e| e.item.event.text()),
         );
-        let join_event = events::presence(Presence::Join, &room.name, &name, now);
+        let join_event = events::presence(&mut self.frames, Presence::Join, &room.name, &name, now);
         Joined {
             key,
             name,
@@ -412,15 +419,22 @@ impl Chat {
     /// `None` if `m` was not a member (or `key` is stale) or nobody is left to tell. A room with nobody in
     /// it and nothing retained is freed here, which makes `key` stale; one that still holds messages is
     /// freed by [`Chat::expire_room`] when the last one expires.
-    pub fn leave(&mut self, key: RoomKey, m: MemberId, now: Micros) -> Option<String> {
+    pub fn leave(&mut self, key: RoomKey, m: MemberId, now: Micros) -> Option<EventFrame> {
         let room = self.rooms.get_mut(key)?;
         let gone = room.presence.leave(m)?;
         if room.is_vacant() {
             self.rooms.free(key);
             return None;
         }
-        (!room.presence.is_empty())
-            .then(|| events::presence(Presence::Leave, &room.name, &gone.name, now))
+        (!room.presence.is_empty()).then(|| {
+            events::presence(
+                &mut self.frames,
+                Presence::Leave,
+                &room.name,
+                &gone.name,
+                now,
+            )
+        })
     }
 
     /// A text message from member `m` of room `key`.
@@ -490,10 +504,10 @@ impl Chat {
         };
         let id = room.history.next_id();
         let at = room.history.timeline.stamp(now);
-        let event = events::message(id, &room.name, &member.name, content, at);
+        let event = events::message(&mut self.frames, id, &room.name, &member.name, content, at);
         let stored = RoomMessage {
             id,
-            event: event.as_str().into(),
+            event: event.clone(),
         };
         let pushed = room.history.timeline.push(at, stored, self.cfg.history_max);
         Post::Broadcast {
@@ -540,7 +554,7 @@ impl Chat {
         events::global_messages(
             self.global_history
                 .live(now, self.ttl)
-                .map(|e| (&*e.item, e.at)),
+                .map(|e| (e.item.text(), e.at)),
         )
     }
 
@@ -578,7 +592,10 @@ impl Chat {
         events::room_messages(
             &room.name,
             ttl_s,
-            history.timeline.starting_at(start).map(|e| &*e.item.event),
+            history
+                .timeline
+                .starting_at(start)
+                .map(|e| e.item.event.text()),
         )
     }
 

@@ -23,9 +23,10 @@
 
 use std::collections::HashSet;
 
-use super::events::{self, Presence};
+use super::events::{self, EventFrame, Presence};
 use super::history::RoomMessage;
 use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey};
+use crate::protocol::frame::FrameBuf;
 
 /// Where a `join` or `leave` event of the cluster happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,8 +82,8 @@ pub struct ClusterImage {
 pub struct Delivery {
     /// The room whose local members get it.
     pub room: RoomKey,
-    /// The event JSON.
-    pub event: String,
+    /// The event, framed once for every local member.
+    pub event: EventFrame,
     /// A member not to send it to (the joiner of its own `join`).
     pub except: Option<MemberId>,
 }
@@ -143,7 +144,7 @@ impl Chat {
         room: &str,
         epoch: &str,
         msg: &ClusterMessage,
-    ) -> Option<(RoomKey, String, Option<Micros>)> {
+    ) -> Option<(RoomKey, EventFrame, Option<Micros>)> {
         let (key, _) = self.rooms.open(room);
         self.adopt_epoch(key, epoch);
         let max = self.cfg.history_max;
@@ -152,11 +153,18 @@ impl Chat {
             return None;
         }
         r.history.set_last_id(msg.id);
-        let event = events::message(msg.id, &r.name, &msg.client, &msg.content, msg.at);
+        let event = events::message(
+            &mut self.frames,
+            msg.id,
+            &r.name,
+            &msg.client,
+            &msg.content,
+            msg.at,
+        );
         let at = r.history.timeline.stamp(msg.at);
         let stored = RoomMessage {
             id: msg.id,
-            event: event.as_str().into(),
+            event: event.clone(),
         };
         let pushed = r.history.timeline.push(at, stored, max);
         let vacant = r.is_vacant();
@@ -214,15 +222,20 @@ impl Chat {
         };
         Some(Delivery {
             room: key,
-            event: events::presence(kind, &r.name, name, at),
+            event: events::presence(&mut self.frames, kind, &r.name, name, at),
             except,
         })
     }
 
     /// Cluster mode: a global-channel message came back from Redis with sequence number `seq`. Stores it
-    /// unless already seen; `Some(arm)` means: send `text` to every global member, and arm the global
-    /// expiry timer when `arm` is `Some(due)`.
-    pub fn cluster_global(&mut self, seq: u64, at: Micros, text: &str) -> Option<Option<Micros>> {
+    /// unless already seen; `Some((frame, arm))` means: send `frame` (the text) to every global member,
+    /// and arm the global expiry timer when `arm` is `Some(due)`.
+    pub fn cluster_global(
+        &mut self,
+        seq: u64,
+        at: Micros,
+        text: &str,
+    ) -> Option<(EventFrame, Option<Micros>)> {
         if seq <= self.cluster_global_seq {
             return None;
         }
@@ -254,16 +267,19 @@ impl Chat {
             r.epoch = img.epoch.as_str().into();
             let mut stored = 0;
             for msg in &img.messages {
-                let event = events::message(msg.id, &r.name, &msg.client, &msg.content, msg.at);
-                let at = r.history.timeline.stamp(msg.at);
-                let pushed = r.history.timeline.push(
-                    at,
-                    RoomMessage {
-                        id: msg.id,
-                        event: event.into(),
-                    },
-                    max,
+                let event = events::message(
+                    &mut self.frames,
+                    msg.id,
+                    &r.name,
+                    &msg.client,
+                    &msg.content,
+                    msg.at,
                 );
+                let at = r.history.timeline.stamp(msg.at);
+                let pushed = r
+                    .history
+                    .timeline
+                    .push(at, RoomMessage { id: msg.id, event }, max);
                 stored += usize::from(pushed.stored);
                 dropped += pushed.dropped;
             }
@@ -272,14 +288,21 @@ impl Chat {
                 out.arm_rooms.push((key, first.at.saturating_add(self.ttl)));
             }
             let remote: Vec<Box<str>> = img.remote.iter().map(|n| n.as_str().into()).collect();
-            Self::diff_remote(r, key, remote, now, &mut out.deliveries);
+            Self::diff_remote(&mut self.frames, r, key, remote, now, &mut out.deliveries);
             self.history_messages = self.history_messages + stored - dropped;
         }
         for key in self.rooms.keys() {
             let r = self.rooms.get_mut(key).expect("bug: listed key is live");
             if !in_image.contains(&*r.name) {
                 let dropped = r.history.reset();
-                Self::diff_remote(r, key, Vec::new(), now, &mut out.deliveries);
+                Self::diff_remote(
+                    &mut self.frames,
+                    r,
+                    key,
+                    Vec::new(),
+                    now,
+                    &mut out.deliveries,
+                );
                 self.history_messages -= dropped;
             }
             let r = self.rooms.get(key).expect("bug: listed key is live");
@@ -290,9 +313,8 @@ impl Chat {
         self.history_messages -= self.global_history.clear();
         for (at, text) in &image.global {
             let at = self.global_history.stamp(*at);
-            let pushed = self
-                .global_history
-                .push(at, text.as_str().into(), self.cfg.history_max);
+            let frame = EventFrame::raw(&mut self.frames, text);
+            let pushed = self.global_history.push(at, frame, self.cfg.history_max);
             self.history_messages += usize::from(pushed.stored);
             self.history_messages -= pushed.dropped;
         }
@@ -332,6 +354,7 @@ impl Chat {
 
     /// Replaces `r.remote` with `remote`, announcing the differences to the local members.
     fn diff_remote(
+        frames: &mut FrameBuf,
         r: &mut super::room::Room,
         key: RoomKey,
         remote: Vec<Box<str>>,
@@ -345,14 +368,14 @@ impl Chat {
             for gone in r.remote.iter().filter(|n| !new.contains(&***n)) {
                 out.push(Delivery {
                     room: key,
-                    event: events::presence(Presence::Leave, &r.name, gone, now),
+                    event: events::presence(frames, Presence::Leave, &r.name, gone, now),
                     except: None,
                 });
             }
             for came in remote.iter().filter(|n| !old.contains(&***n)) {
                 out.push(Delivery {
                     room: key,
-                    event: events::presence(Presence::Join, &r.name, came, now),
+                    event: events::presence(frames, Presence::Join, &r.name, came, now),
                     except: None,
                 });
             }

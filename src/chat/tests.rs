@@ -25,7 +25,31 @@ fn chat_with(history_max: usize, rate_limit: Option<RateLimit>) -> Chat {
     )
 }
 
-fn parse(s: &str) -> Value {
+/// Event text, from a `String` (welcome, error) or an [`EventFrame`] (room events).
+trait Text {
+    fn as_text(&self) -> &str;
+}
+
+impl Text for str {
+    fn as_text(&self) -> &str {
+        self
+    }
+}
+
+impl Text for String {
+    fn as_text(&self) -> &str {
+        self
+    }
+}
+
+impl Text for EventFrame {
+    fn as_text(&self) -> &str {
+        self.text()
+    }
+}
+
+fn parse<T: Text + ?Sized>(s: &T) -> Value {
+    let s = s.as_text();
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
@@ -415,7 +439,10 @@ fn history_max_zero_stores_nothing_but_still_broadcasts() {
     assert_eq!(c.counts().rooms, 0);
     assert!(matches!(
         c.global_post(MemberId(1), "x", T0),
-        GlobalPost::Broadcast { arm_expiry: None }
+        GlobalPost::Broadcast {
+            arm_expiry: None,
+            ..
+        }
     ));
 }
 
@@ -612,14 +639,12 @@ fn global_channel() {
     assert_eq!(members, [1, 3, 4]);
 
     assert_eq!(
-        c.global_post(MemberId(1), "  raw {\"x\"}  ", T0),
-        GlobalPost::Broadcast {
-            arm_expiry: Some(T0 + TTL)
-        }
+        broadcast(c.global_post(MemberId(1), "  raw {\"x\"}  ", T0)),
+        ("  raw {\"x\"}  ".to_owned(), Some(T0 + TTL))
     );
     assert_eq!(
-        c.global_post(MemberId(1), "", T0 + 500_000),
-        GlobalPost::Broadcast { arm_expiry: None }
+        broadcast(c.global_post(MemberId(1), "", T0 + 500_000)),
+        (String::new(), None)
     );
     match c.global_post(MemberId(1), "too many", T0 + S) {
         GlobalPost::RateLimited { error } => assert_eq!(parse(&error)["code"], "rate_limited"),
@@ -663,11 +688,17 @@ fn global_channel() {
     assert_eq!(parse(&c.messages_json(T0)), json!({"messages": []}));
     // Empty again: the next post arms the timer again.
     assert_eq!(
-        c.global_post(MemberId(4), "again", T0 + 2 * TTL),
-        GlobalPost::Broadcast {
-            arm_expiry: Some(T0 + 3 * TTL)
-        }
+        broadcast(c.global_post(MemberId(4), "again", T0 + 2 * TTL)),
+        ("again".to_owned(), Some(T0 + 3 * TTL))
     );
+}
+
+/// The text sent to everyone and the timer to arm, from a global post that must be broadcast.
+fn broadcast(post: GlobalPost) -> (String, Option<Micros>) {
+    match post {
+        GlobalPost::Broadcast { frame, arm_expiry } => (frame.text().to_owned(), arm_expiry),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -4,48 +4,52 @@
 //! float. It never reads a clock: the reactor samples the time once per loop turn and passes it in, so every
 //! rule here is testable with a fake `now`.
 
-use std::fmt;
-
-use serde::{Serialize, Serializer};
-
 use super::Micros;
 
 /// Microseconds in one second.
 pub(crate) const MICROS_PER_SEC: u64 = 1_000_000;
 const SECS_PER_DAY: u64 = 86_400;
 
+/// The length of an RFC 3339 timestamp with microseconds: `2026-11-21T10:00:00.123456Z`.
+pub(crate) const RFC3339_LEN: usize = 27;
+
+/// The last instant with a four-digit year, 9999-12-31T23:59:59.999999Z: later times print as this one.
+const LAST_FOUR_DIGIT_YEAR: Micros = 253_402_300_799_999_999;
+
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-21T10:00:00.123456Z` (SPEC §4.2 `timestamp`).
+pub fn rfc3339_micros(t: Micros) -> String {
+    let bytes = rfc3339_bytes(t);
+    // Every byte is an ASCII digit or one of `-T:.Z`.
+    String::from_utf8(bytes.to_vec()).expect("bug: timestamp is not ASCII")
+}
+
+/// [`rfc3339_micros`] as a fixed array of ASCII bytes, so an event encoder copies it without
+/// allocating or going through `fmt`.
 ///
 /// Computed with Howard Hinnant's civil-from-days algorithm rather than a date crate: it is twenty lines
-/// and needs no time zone data, since the output is always UTC.
-pub fn rfc3339_micros(t: Micros) -> String {
-    Rfc3339(t).to_string()
+/// and needs no time zone data, since the output is always UTC. Years past 9999 do not fit RFC 3339's
+/// four digits; such times (which no clock of this era returns) print as the last one that does.
+pub(crate) fn rfc3339_bytes(t: Micros) -> [u8; RFC3339_LEN] {
+    let t = t.min(LAST_FOUR_DIGIT_YEAR);
+    let secs = t / MICROS_PER_SEC;
+    let (year, month, day) = civil_from_days(secs / SECS_PER_DAY);
+    let of_day = secs % SECS_PER_DAY;
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    put_digits(&mut out[0..4], year);
+    put_digits(&mut out[5..7], month);
+    put_digits(&mut out[8..10], day);
+    put_digits(&mut out[11..13], of_day / 3600);
+    put_digits(&mut out[14..16], of_day / 60 % 60);
+    put_digits(&mut out[17..19], of_day % 60);
+    put_digits(&mut out[20..26], t % MICROS_PER_SEC);
+    out
 }
 
-/// `t` as RFC 3339 text, written straight into a formatter or a serde serializer, so building an event
-/// does not allocate a separate string for its timestamp.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Rfc3339(pub(crate) Micros);
-
-impl fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0 / MICROS_PER_SEC;
-        let micros = self.0 % MICROS_PER_SEC;
-        let (year, month, day) = civil_from_days(secs / SECS_PER_DAY);
-        let of_day = secs % SECS_PER_DAY;
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            of_day / 3600,
-            of_day / 60 % 60,
-            of_day % 60,
-        )
-    }
-}
-
-impl Serialize for Rfc3339 {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+/// Writes the low `out.len()` decimal digits of `n` into `out`, zero-padded.
+fn put_digits(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
@@ -141,10 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn serializes_as_a_json_string() {
+    fn years_past_9999_saturate() {
         assert_eq!(
-            serde_json::to_string(&Rfc3339(951_782_400 * S)).unwrap(),
-            "\"2000-02-29T00:00:00.000000Z\""
+            rfc3339_micros(LAST_FOUR_DIGIT_YEAR),
+            "9999-12-31T23:59:59.999999Z"
         );
+        assert_eq!(rfc3339_micros(u64::MAX), "9999-12-31T23:59:59.999999Z");
     }
 }

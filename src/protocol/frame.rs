@@ -202,6 +202,61 @@ pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Room kept in front of a payload written in place: the longest unmasked header.
+const UNMASKED_HEADER_ROOM: usize = 10;
+
+/// Frames larger than this are not worth keeping the buffer's capacity for.
+const FRAME_BUF_KEEP: usize = 64 * 1024;
+
+/// A reusable buffer for unmasked (server) frames whose payload is written in
+/// place: the writer appends the payload after room for the longest header,
+/// and the header is put just in front of it once the length is known. An
+/// event is thus serialised once, straight into its frame.
+#[derive(Debug, Default)]
+pub struct FrameBuf {
+    buf: Vec<u8>,
+}
+
+impl FrameBuf {
+    /// A final, unmasked `opcode` frame whose payload is what `write` appends
+    /// to the vector it is given (which `write` must only append to). The
+    /// frame borrows this buffer until the next call.
+    pub fn build(&mut self, opcode: OpCode, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        if self.buf.capacity() > FRAME_BUF_KEEP {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        self.buf.resize(UNMASKED_HEADER_ROOM, 0);
+        write(&mut self.buf);
+        assert!(
+            self.buf.len() >= UNMASKED_HEADER_ROOM,
+            "bug: a frame writer removed the header room"
+        );
+        let len = self.buf.len() - UNMASKED_HEADER_ROOM;
+        let mut header = [0u8; MAX_HEADER];
+        let n = encode_header(&mut header, Fin::Final, opcode, len as u64, None);
+        let start = UNMASKED_HEADER_ROOM - n;
+        self.buf[start..UNMASKED_HEADER_ROOM].copy_from_slice(&header[..n]);
+        &self.buf[start..]
+    }
+}
+
+/// The payload of one complete, unmasked frame that this side encoded (a
+/// frame from [`encode_frame`] or [`FrameBuf::build`]).
+///
+/// # Panics
+/// If `frame` is not such a frame.
+pub fn unmasked_payload(frame: &[u8]) -> &[u8] {
+    match decode_header(frame) {
+        Ok(Decoded::Done(h))
+            if h.mask.is_none() && frame.len() as u64 == h.header_len as u64 + h.payload_len =>
+        {
+            &frame[h.header_len..]
+        }
+        _ => panic!("bug: not one complete unmasked frame"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +337,25 @@ mod tests {
         let f = encode_frame(OpCode::Binary, &[0u8; 256]);
         assert_eq!(&f[..4], &[0x82, 0x7E, 0x01, 0x00]);
         assert_eq!(f.len(), 260);
+    }
+
+    #[test]
+    fn frame_buf_puts_the_shortest_header_before_the_payload() {
+        let mut buf = FrameBuf::default();
+        // Biggest first, so a reused buffer must not leak old bytes into a smaller frame.
+        for len in [70_000usize, 65_536, 65_535, 126, 125, 1, 0] {
+            let payload = vec![b'a' + (len % 26) as u8; len];
+            let frame = buf
+                .build(OpCode::Binary, |out| out.extend_from_slice(&payload))
+                .to_vec();
+            assert_eq!(frame, encode_frame(OpCode::Binary, &payload), "len {len}");
+            assert_eq!(unmasked_payload(&frame), &payload[..]);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not one complete unmasked frame")]
+    fn unmasked_payload_refuses_a_masked_frame() {
+        unmasked_payload(&[0x81, 0x81, 1, 2, 3, 4, b'x']);
     }
 }

@@ -33,14 +33,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::chat::{
-    self, Chat, ChatConfig, Checked, GlobalPost, MemberId, Micros, Origin, Post, Resume, RoomKey,
+    self, Chat, ChatConfig, Checked, EventFrame, GlobalPost, MemberId, Micros, Origin, Post,
+    Resume, RoomKey,
 };
 use crate::cluster::{self, Bridge, Notice, Request};
 use crate::config::{Config, CLOSE_TIMEOUT};
 use crate::http::{self, Route};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::close::write_close_payload;
-use crate::protocol::frame::{encode_frame, encode_header, Fin, MAX_HEADER};
+use crate::protocol::frame::{encode_header, Fin, MAX_HEADER};
 use crate::protocol::handshake::{self, HandshakeError, Method};
 use crate::protocol::{CloseCode, Decoded, Event, OpCode, Role, WebSocket};
 use conn::{Conn, ConnKey, Cork, Endpoint, Item, Phase, NONE};
@@ -783,7 +784,7 @@ impl Core {
                         self.wall,
                     );
                     self.send_text_local(key, joined.welcome.as_bytes());
-                    let frame = self.share(joined.join_event.as_bytes());
+                    let frame = self.share(&joined.join_event);
                     self.broadcast_room(joined.key, frame, Some(member));
                     Endpoint::Room(joined.key)
                 }
@@ -911,8 +912,8 @@ impl Core {
                 }
             },
             Endpoint::Global => match self.chat.global_post(member, text, self.wall) {
-                GlobalPost::Broadcast { arm_expiry } => {
-                    let frame = self.share(text.as_bytes());
+                GlobalPost::Broadcast { frame, arm_expiry } => {
+                    let frame = self.share(&frame);
                     self.broadcast_global(frame);
                     if let Some(due) = arm_expiry {
                         self.arm_expiry(Deadline::Global, due);
@@ -965,7 +966,7 @@ impl Core {
     fn apply_post(&mut self, key: ConnKey, room: RoomKey, post: Post) {
         match post {
             Post::Broadcast { event, arm_expiry } => {
-                let frame = self.share(event.as_bytes());
+                let frame = self.share(&event);
                 self.broadcast_room(room, frame, None);
                 if let Some(due) = arm_expiry {
                     self.arm_expiry(Deadline::Room(room), due);
@@ -1026,7 +1027,7 @@ impl Core {
             }
             Notice::Message { room, epoch, msg } if up => {
                 if let Some((key, event, arm)) = self.chat.cluster_message(&room, &epoch, &msg) {
-                    let frame = self.share(event.as_bytes());
+                    let frame = self.share(&event);
                     self.broadcast_room(key, frame, None);
                     if let Some(due) = arm {
                         self.arm_expiry(Deadline::Room(key), due);
@@ -1057,13 +1058,13 @@ impl Core {
                     .chat
                     .cluster_presence(&room, &epoch, kind, &name, at, origin)
                 {
-                    let frame = self.share(d.event.as_bytes());
+                    let frame = self.share(&d.event);
                     self.broadcast_room(d.room, frame, d.except);
                 }
             }
             Notice::Global { seq, at, text } if up => {
-                if let Some(arm) = self.chat.cluster_global(seq, at, &text) {
-                    let frame = self.share(text.as_bytes());
+                if let Some((frame, arm)) = self.chat.cluster_global(seq, at, &text) {
+                    let frame = self.share(&frame);
                     self.broadcast_global(frame);
                     if let Some(due) = arm {
                         self.arm_expiry(Deadline::Global, due);
@@ -1102,8 +1103,8 @@ impl Core {
                 self.apply_post(key, room, post);
             }
             Notice::GlobalFailed { text } => {
-                let arm = self.chat.global_store(&text, self.wall);
-                let frame = self.share(text.as_bytes());
+                let (frame, arm) = self.chat.global_store(&text, self.wall);
+                let frame = self.share(&frame);
                 self.broadcast_global(frame);
                 if let Some(due) = arm {
                     self.arm_expiry(Deadline::Global, due);
@@ -1121,7 +1122,7 @@ impl Core {
     fn enter_cluster(&mut self, image: &chat::ClusterImage) {
         let applied = self.chat.apply_image(image, self.wall);
         for d in applied.deliveries {
-            let frame = self.share(d.event.as_bytes());
+            let frame = self.share(&d.event);
             self.broadcast_room(d.room, frame, d.except);
         }
         for (room, due) in applied.arm_rooms {
@@ -1227,7 +1228,7 @@ impl Core {
                 let name = answer.map_or(j.wanted, |(name, _)| name);
                 let joined = self.chat.join(&j.room, &name, member, resume, self.wall);
                 self.send_text_local(key, joined.welcome.as_bytes());
-                let frame = self.share(joined.join_event.as_bytes());
+                let frame = self.share(&joined.join_event);
                 self.broadcast_room(joined.key, frame, Some(member));
                 joined.key
             }
@@ -1307,7 +1308,7 @@ impl Core {
                 };
                 // In the cluster, the `leave` comes back on the feed, to every node alike.
                 if let (Some(event), Leave::Announce, false) = (event, leave, clustered) {
-                    let frame = self.share(event.as_bytes());
+                    let frame = self.share(&event);
                     self.broadcast_room(room, frame, None);
                 }
             }
@@ -1369,10 +1370,10 @@ impl Core {
         self.send_frame_local(key, OpCode::Text, text);
     }
 
-    /// A text frame encoded once, to be shared by every recipient.
-    fn share(&mut self, payload: &[u8]) -> u32 {
-        let frame: Rc<[u8]> = Rc::from(encode_frame(OpCode::Text, payload));
-        self.cork.shared.push(frame);
+    /// Makes an event's frame (encoded once) available to this turn's cork lists; returns its index
+    /// for [`Item::Shared`].
+    fn share(&mut self, event: &EventFrame) -> u32 {
+        self.cork.shared.push(Rc::clone(event.frame()));
         (self.cork.shared.len() - 1) as u32
     }
 
