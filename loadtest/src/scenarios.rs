@@ -95,9 +95,14 @@ pub struct RoomsArgs {
     /// Clients per room.
     #[arg(long, default_value_t = 10)]
     pub per_room: u64,
-    /// Messages per second sent by each client.
+    /// Messages per second sent by each sending client.
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
+    /// Clients of each room that send (the first ones to join); default:
+    /// all of them. One sender per room at a fixed rate keeps the
+    /// deliveries per second the same whatever the room size.
+    #[arg(long)]
+    pub senders: Option<u64>,
     /// Message size, bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -205,6 +210,10 @@ pub fn finalize(cmd: &Cmd, t: &Tally, phase: usize) -> Report {
             let mut r = Report::from_tally("rooms", t, "delivery", t.delivered);
             r.params.insert("rooms".into(), json!(a.rooms));
             r.params.insert("per_room".into(), json!(a.per_room));
+            r.params.insert(
+                "senders_per_room".into(),
+                json!(a.senders.unwrap_or(a.per_room)),
+            );
             r.params.insert("rate".into(), json!(a.rate));
             r.params.insert("size".into(), json!(a.size));
             r
@@ -621,6 +630,7 @@ impl Chat {
 
     pub fn rooms(a: &RoomsArgs, nonce: u32) -> Chat {
         let per = a.per_room.max(1);
+        let senders = a.senders.unwrap_or(per).clamp(1, per);
         let nodes = 1 + a.common.also_url.len() as u64;
         Chat {
             label: "rooms",
@@ -632,8 +642,8 @@ impl Chat {
             node: Box::new(move |g| (g % per % nodes) as usize),
             group: Box::new(move |g| g / per),
             groups: a.rooms,
-            sends: Box::new(|_| true),
-            senders_per_group: per,
+            sends: Box::new(move |g| g % per < senders),
+            senders_per_group: senders,
             json_events: !a.common.raw,
         }
     }
@@ -911,5 +921,24 @@ mod tests {
         let c = Chat::rooms(&r, 1);
         let nodes: Vec<(u64, usize)> = (0..6).map(|g| ((c.group)(g), (c.node)(g))).collect();
         assert_eq!(nodes, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn senders_are_the_first_of_each_room() {
+        let Cmd::Rooms(r) = parse(&["rooms", "--rooms", "3", "--per-room", "4", "--senders", "1"])
+        else {
+            panic!("not rooms");
+        };
+        let c = Chat::rooms(&r, 1);
+        let sends: Vec<u64> = (0..12).filter(|&g| (c.sends)(g)).collect();
+        assert_eq!(sends, [0, 4, 8]);
+        assert_eq!(c.senders_per_group, 1);
+
+        let Cmd::Rooms(all) = parse(&["rooms", "--rooms", "2", "--per-room", "2"]) else {
+            panic!("not rooms");
+        };
+        let c = Chat::rooms(&all, 1);
+        assert!((0..4).all(|g| (c.sends)(g)));
+        assert_eq!(c.senders_per_group, 2);
     }
 }

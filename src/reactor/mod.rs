@@ -19,6 +19,7 @@
 
 pub mod conn;
 pub mod listener;
+mod memory;
 pub mod timer;
 
 use std::collections::HashMap;
@@ -71,7 +72,12 @@ enum Deadline {
     Room(RoomKey),
     /// When the oldest message of the global channel expires.
     Global,
+    /// Every [`HOUSEKEEPING`]: give memory freed after a burst back to the kernel.
+    Housekeeping,
 }
+
+/// How often the reactor checks whether the allocator holds enough free memory to give back.
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
 
 /// The daemon's state, apart from the poller and the receive buffer.
 struct Core {
@@ -200,7 +206,7 @@ impl Reactor {
             },
             wall ^ ((std::process::id() as u64) << 40),
         );
-        let core = Core {
+        let mut core = Core {
             ping_ticks: secs(cfg.ping_interval),
             idle_ticks: secs(cfg.idle_timeout),
             handshake_ticks: secs(cfg.handshake_timeout),
@@ -224,6 +230,7 @@ impl Reactor {
             cfg,
             cluster,
         };
+        core.arm_housekeeping();
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -1401,6 +1408,11 @@ impl Core {
         );
     }
 
+    fn arm_housekeeping(&mut self) {
+        let ticks = (HOUSEKEEPING.as_millis() / TICK.as_millis()) as Tick;
+        self.wheel.insert(self.tick + ticks, Deadline::Housekeeping);
+    }
+
     fn arm_expiry(&mut self, what: Deadline, due: Micros) {
         let ticks = due
             .saturating_sub(self.wall)
@@ -1533,6 +1545,12 @@ impl Core {
                     if let Some(next) = self.chat.expire_global(self.wall) {
                         self.arm_expiry(Deadline::Global, next);
                     }
+                }
+                Deadline::Housekeeping => {
+                    if let Some(free) = memory::release_free_heap() {
+                        debug!("gave {} MiB of free heap back", free >> 20);
+                    }
+                    self.arm_housekeeping();
                 }
             }
         }
