@@ -76,14 +76,15 @@ stop_server() {
     wait "$server_pid" 2>/dev/null || true
 }
 
-# case NAME WHO ARGS...: WHO is "all" or "wisp"; ARGS go to wisp-loadtest.
+# case NAME WHO ARGS...: WHO is "all" or the servers to run, e.g. "wisp floor";
+# ARGS go to wisp-loadtest.
 run_case() {
     local name=$1 who=$2
     shift 2
     if [[ -n "${SCENARIOS:-}" && " $SCENARIOS " != *" $name "* ]]; then return 0; fi
     mkdir -p "$out/$name"
     for s in $servers; do
-        [[ "$who" == wisp && "$s" != wisp ]] && continue
+        [[ "$who" != all && " $who " != *" $s "* ]] && continue
         local raw=()
         [[ "$s" == floor ]] && raw=(--raw)
         echo "==> $name: $s" >&2
@@ -111,6 +112,11 @@ if [[ "$quick" == 1 ]]; then
     run_case fanout-dense-1000x1000 all fanout -n 200 --rate 1000 --duration 1
     run_case idle-19000 all idle -n 2000 --procs 2 --sources 2 --duration 0.5
     run_case storm all storm --duration 0.5 --concurrency 32 --sources 4
+    for shape in "100 10" "10 100" "1 1000"; do
+        set -- $shape
+        run_case "scale-room-$2" "wisp floor" rooms --rooms "$1" --per-room "$2" \
+            --senders 1 --rate 10 --duration 1 --sources 4
+    done
 else
     run_case fanout-room-1000x100 all fanout -n 1000 --rate 100 --duration 10
     run_case fanout-global-1000x100 all fanout --global -n 1000 --rate 100 --duration 10
@@ -122,6 +128,16 @@ else
     run_case fanout-dense-1000x1000 all fanout -n 1000 --rate 1000 --duration 5
     run_case idle-19000 all idle -n 19000 --procs 2 --sources 4 --duration 3
     run_case storm all storm --duration 5 --concurrency 32 --sources 4
+    # The same 100,000 deliveries/s (10,000 members, one sender per room at
+    # 10 msg/s) from rooms of 10 to one room of 10,000: CPU per delivery must
+    # not grow with the room. Wisp and the floor (the kernel's share at the
+    # same widths) only: joining 10,000 to one room is 50 M join events, ~40 s
+    # for Wisp, as quadratic for the peers, which would add minutes.
+    for shape in "1000 10" "100 100" "10 1000" "1 10000"; do
+        set -- $shape
+        run_case "scale-room-$2" "wisp floor" rooms --rooms "$1" --per-room "$2" \
+            --senders 1 --rate 10 --duration 10 --sources 4
+    done
 fi
 
 echo "==> summary" >&2
