@@ -23,3 +23,9 @@ pub mod logger;
 pub mod metrics;
 pub mod protocol;
 pub mod reactor;
+
+/// Internals reachable only for `benches/` (as httparse's `_benchable`); not an API.
+#[doc(hidden)]
+pub mod _benchable {
+    pub use crate::reactor::conn::BenchFanout;
+}

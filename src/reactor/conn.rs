@@ -343,15 +343,20 @@ impl Cork {
 
     /// Appends `item` to `conn`'s list for this turn.
     pub(crate) fn link(&mut self, index: u32, conn: &mut Conn, item: Item) {
+        self.link_at(index, &mut conn.cork_head, &mut conn.cork_tail, item);
+    }
+
+    /// Appends `item` to the list whose ends are `head` and `tail` (connection `index`'s).
+    fn link_at(&mut self, index: u32, head: &mut u32, tail: &mut u32, item: Item) {
         let id = self.nodes.len() as u32;
         self.nodes.push(Node { item, next: NONE });
-        if conn.cork_head == NONE {
-            conn.cork_head = id;
+        if *head == NONE {
+            *head = id;
             self.dirty.push(index);
         } else {
-            self.nodes[conn.cork_tail as usize].next = id;
+            self.nodes[*tail as usize].next = id;
         }
-        conn.cork_tail = id;
+        *tail = id;
     }
 
     /// Forgets this turn, keeping capacity (but not a huge one-off buffer).
@@ -465,6 +470,62 @@ pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
     }
     conn.trim_spill();
     Ok(written)
+}
+
+/// Bench-only (`wisp::_benchable`): one turn of the broadcast path for `n` recipients, without
+/// sockets, so `benches/fanout.rs` can time what Wisp adds per recipient on top of the kernel.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BenchFanout {
+    cork: Cork,
+    /// Each recipient's list ends, as `Conn::cork_head` / `cork_tail`.
+    lists: Vec<(u32, u32)>,
+}
+
+impl BenchFanout {
+    /// Lists for `recipients` connections.
+    pub fn new(recipients: usize) -> BenchFanout {
+        BenchFanout {
+            cork: Cork::default(),
+            lists: vec![(NONE, NONE); recipients],
+        }
+    }
+
+    /// Shares `event`'s frame once, links it into every recipient's list (as the reactor's
+    /// `broadcast`), then takes each list's bytes as [`flush`] does before its `write` (one frame)
+    /// or `writev` (several), and forgets the turn. Returns the bytes the writes would carry.
+    pub fn turn(&mut self, event: &crate::chat::EventFrame) -> usize {
+        self.cork.shared.push(Rc::clone(event.frame()));
+        let item = Item::Shared((self.cork.shared.len() - 1) as u32);
+        for (i, (head, tail)) in self.lists.iter_mut().enumerate() {
+            self.cork.link_at(i as u32, head, tail, item);
+        }
+        let mut total = 0;
+        for (head, tail) in &mut self.lists {
+            let mut node = std::mem::replace(head, NONE);
+            *tail = NONE;
+            // As in `flush`: a lone frame is written as it is, without a vector.
+            let lone = self.cork.nodes[node as usize];
+            if lone.next == NONE {
+                total += std::hint::black_box(self.cork.item_bytes(lone.item)).len();
+                continue;
+            }
+            let mut iov = [IoSlice::new(&[]); 16];
+            let mut n_iov = 0;
+            while node != NONE && n_iov < iov.len() {
+                let n = self.cork.nodes[node as usize];
+                iov[n_iov] = IoSlice::new(self.cork.item_bytes(n.item));
+                n_iov += 1;
+                node = n.next;
+            }
+            total += std::hint::black_box(&iov[..n_iov])
+                .iter()
+                .map(|b| b.len())
+                .sum::<usize>();
+        }
+        self.cork.clear();
+        total
+    }
 }
 
 #[cfg(test)]
