@@ -170,40 +170,76 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// `s` as a JSON string, escaped exactly as serde_json does: `"` and `\` with a backslash, the
+/// `s` as a JSON string, escaped exactly as serde_json does: `"` and `\\` with a backslash, the
 /// control characters U+0000–U+001F as `\b \t \n \f \r` or `\u00XX`, everything else as is
-/// (JSON text is UTF-8, so nothing else needs escaping). Runs without escapes are copied whole.
+/// (JSON text is UTF-8, so nothing else needs escaping). The scan goes eight bytes at a time
+/// ([`word_needs_escape`]) and runs without escapes are copied whole: chat text rarely has any.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
-    let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
+    let mut run = 0; // start of the bytes not yet copied
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            if !word_needs_escape(word) {
+                i += 8;
+                continue;
+            }
         }
-        out.extend_from_slice(&bytes[run..i]);
-        run = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(br#"\""#),
-            b'\\' => out.extend_from_slice(br"\\"),
-            0x08 => out.extend_from_slice(br"\b"),
-            b'\t' => out.extend_from_slice(br"\t"),
-            b'\n' => out.extend_from_slice(br"\n"),
-            0x0c => out.extend_from_slice(br"\f"),
-            b'\r' => out.extend_from_slice(br"\r"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
+        // This word (or the short tail) has something to escape: byte by byte.
+        let end = (i + 8).min(bytes.len());
+        for (k, &b) in bytes[i..end].iter().enumerate() {
+            if byte_needs_escape(b) {
+                let j = i + k;
+                out.extend_from_slice(&bytes[run..j]);
+                push_escape(out, b);
+                run = j + 1;
+            }
         }
+        i = end;
     }
     out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+fn byte_needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether any of the eight bytes of `w` is below 0x20, `"` or `\\` (the classic SWAR tests:
+/// `(x - 0x01…) & !x & 0x80…` is non-zero exactly when some byte of `x` is zero, and with
+/// `0x20…` in place of `0x01…` when some byte is below 0x20).
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    control | quote | backslash != 0
+}
+
+/// The escape sequence for a byte [`byte_needs_escape`] accepted.
+fn push_escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.extend_from_slice(br#"\""#),
+        b'\\' => out.extend_from_slice(br"\\"),
+        0x08 => out.extend_from_slice(br"\b"),
+        b'\t' => out.extend_from_slice(br"\t"),
+        b'\n' => out.extend_from_slice(br"\n"),
+        0x0c => out.extend_from_slice(br"\f"),
+        b'\r' => out.extend_from_slice(br"\r"),
+        _ => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]),
+    }
 }
 
 /// `{"type":"error","code","message"}`.
@@ -551,4 +587,24 @@ mod tests {
 
     /// 9999-12-31T23:59:59.999999Z, the last time with a four-digit year.
     const LAST_TIME: Micros = 253_402_300_799_999_999;
+
+    #[test]
+    fn word_scan_agrees_with_the_byte_test_at_every_position() {
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                let mut word = [b'a'; 8];
+                word[pos] = b;
+                assert_eq!(
+                    word_needs_escape(u64::from_le_bytes(word)),
+                    byte_needs_escape(b),
+                    "byte {b:#04x} at {pos}"
+                );
+            }
+        }
+        // A high byte (UTF-8) next to a control must not hide it, nor make one up.
+        assert!(word_needs_escape(u64::from_le_bytes(*b"\xff\x00\xffaaaaa")));
+        assert!(!word_needs_escape(u64::from_le_bytes(
+            *b"\xc3\xa9\xf0\x9f\x8e\x89 !"
+        )));
+    }
 }
