@@ -10,6 +10,13 @@ use std::fmt::Write;
 /// The browser client (SPEC §5), served at `GET /`.
 pub const CLIENT_PAGE: &str = include_str!("client.html");
 
+/// Header lines sent with the page: no MIME sniffing, no referrer, and a Content-Security-Policy
+/// that forbids framing (clickjacking), `<base>`, plugins and form submission (both forms are
+/// handled by script). Scripts and connections are not restricted by it: the page's script and
+/// style are inline, and a proxy may put the WebSocket on another scheme or host.
+pub const PAGE_HEADERS: &str = "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
+    Content-Security-Policy: frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'none'\r\n";
+
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {

@@ -699,6 +699,8 @@ impl Core {
         };
         let extra = if ctype == JSON {
             self.cors(origin)
+        } else if *route == Route::Page {
+            http::PAGE_HEADERS.to_owned()
         } else {
             String::new()
         };

@@ -41,6 +41,12 @@ def test_client_page_is_served(wisp_default):
     assert status == 200
     assert headers.get("content-type", "").startswith("text/html")
     assert b"<html" in body.lower()
+    # Defence in depth for a page that shows other people's text.
+    assert headers.get("x-content-type-options") == "nosniff"
+    assert headers.get("referrer-policy") == "no-referrer"
+    csp = headers.get("content-security-policy", "")
+    for directive in ("frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'"):
+        assert directive in csp
 
 
 @pytest.mark.parametrize("path", ["/nope", "/healthz/extra", "/rooms/x", "/favicon.ico.nope"])
