@@ -24,11 +24,13 @@
 //!
 //! Run: `cargo bench --bench fanout`. Numbers: `docs/benchmarks.md`.
 
+#[macro_use]
+mod common;
+
 use std::hint::black_box;
 use std::io::{self, Read, Write};
-use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use tungstenite::protocol::{Role, WebSocket as Tungstenite};
 use tungstenite::Message;
 use wisp::_benchable::BenchFanout;
@@ -130,15 +132,7 @@ fn bench_fanout(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-}
-
-criterion_group! {
-    name = benches;
-    config = config();
+bench_main! {
+    measure_secs = 2;
     targets = bench_fanout
 }
-criterion_main!(benches);

@@ -21,11 +21,13 @@
 //!
 //! Run: `cargo bench --bench frame`. Numbers: `docs/benchmarks.md`.
 
+#[macro_use]
+mod common;
+
 use std::hint::black_box;
 use std::io::Cursor;
-use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use wisp::protocol::frame::{decode_header, encode_header, Fin, MAX_HEADER};
 use wisp::protocol::mask::unmask;
 use wisp::protocol::{Decoded, OpCode, Role, WebSocket};
@@ -123,15 +125,7 @@ fn bench_decode_header(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
-criterion_group! {
-    name = benches;
-    config = config();
+bench_main! {
+    measure_secs = 3;
     targets = bench_read, bench_decode_header
 }
-criterion_main!(benches);

@@ -12,10 +12,12 @@
 //!
 //! Run: `cargo bench --bench handshake`. Numbers: `docs/benchmarks.md`.
 
-use std::hint::black_box;
-use std::time::Duration;
+#[macro_use]
+mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput};
 use tungstenite::handshake::machine::TryParse;
 use wisp::protocol::handshake;
 use wisp::protocol::Decoded;
@@ -71,15 +73,7 @@ fn bench_handshake(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-}
-
-criterion_group! {
-    name = benches;
-    config = config();
+bench_main! {
+    measure_secs = 2;
     targets = bench_handshake
 }
-criterion_main!(benches);

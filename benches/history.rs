@@ -14,12 +14,13 @@
 //!
 //! Run: `cargo bench --bench history`. Numbers: `docs/benchmarks.md`.
 
+#[macro_use]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{
-    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
-};
+use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use wisp::chat::{Chat, ChatConfig, MemberId, Micros, Post, Resume, RoomKey};
 
 const TEXT: &str =
@@ -87,15 +88,7 @@ fn bench_expire(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-}
-
-criterion_group! {
-    name = benches;
-    config = config();
+bench_main! {
+    measure_secs = 2;
     targets = bench_post, bench_expire
 }
-criterion_main!(benches);

@@ -14,10 +14,12 @@
 //!
 //! Run: `cargo bench --bench unmask`. Numbers: `docs/benchmarks.md`.
 
-use std::hint::black_box;
-use std::time::Duration;
+#[macro_use]
+mod common;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
 use wisp::protocol::mask::{unmask, unmask_bytewise};
 
 const SIZES: [(usize, &str); 3] = [(16, "16B"), (1024, "1KiB"), (64 * 1024, "64KiB")];
@@ -81,15 +83,7 @@ fn bench_phase(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-}
-
-criterion_group! {
-    name = benches;
-    config = config();
+bench_main! {
+    measure_secs = 2;
     targets = bench_unmask, bench_phase
 }
-criterion_main!(benches);

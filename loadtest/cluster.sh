@@ -34,13 +34,9 @@ duration="${DURATION:-10}"
 command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
 command -v jq >/dev/null || { echo "jq is not installed" >&2; exit 1; }
 
-echo "==> build" >&2
-if [[ -z "${WISP_BIN:-}" ]]; then
-    cargo build --release --quiet -p wisp --bin wisp
-fi
-cargo build --release --quiet -p wisp-loadtest
-wisp_bin="${WISP_BIN:-$root/target/release/wisp}"
-lt="$root/target/release/wisp-loadtest"
+# shellcheck source=loadtest/common.sh
+source "$root/loadtest/common.sh"
+build_tools
 
 ulimit -n "$(ulimit -Hn)"
 rm -rf "$out"

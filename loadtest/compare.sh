@@ -23,14 +23,10 @@ servers="${SERVERS:-wisp floor tokio-peer node-peer}"
 server_cpu="${SERVER_CPU:-0}"
 client_cpu="${CLIENT_CPU:-1}"
 
-echo "==> build" >&2
-if [[ -z "${WISP_BIN:-}" ]]; then
-    cargo build --release --quiet -p wisp --bin wisp
-fi
-cargo build --release --quiet -p wisp-loadtest
+# shellcheck source=loadtest/common.sh
+source "$root/loadtest/common.sh"
+build_tools
 loadtest/peers/build.sh >/dev/null
-wisp_bin="${WISP_BIN:-$root/target/release/wisp}"
-lt="$root/target/release/wisp-loadtest"
 peers="$root/loadtest/peers"
 
 # Both the servers and the generator inherit this; 20,000 is this box's hard
@@ -54,26 +50,7 @@ start_server() { # NAME LOG
     esac
     taskset -c "$server_cpu" "${cmd[@]}" >"$log" 2>&1 &
     server_pid=$!
-    server_addr=""
-    for _ in $(seq 1 200); do
-        server_addr="$(grep -o 'http://[^/ ]*/' "$log" | head -n 1 | sed 's#http://##; s#/$##' || true)"
-        [[ -n "$server_addr" ]] && return 0
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "server $name did not start; log:" >&2
-    cat "$log" >&2
-    exit 1
-}
-
-stop_server() {
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$server_pid" 2>/dev/null || { wait "$server_pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+    server_addr="$(wait_addr "$log" "$server_pid")" || { echo "server $name did not start" >&2; exit 1; }
 }
 
 # case NAME WHO ARGS...: WHO is "all" or the servers to run, e.g. "wisp floor";
@@ -97,7 +74,7 @@ run_case() {
         fi
         grep -E '^  (deliveries|messages|handshakes|lost|latency|server CPU|server bytes|failures|note)' \
             "$out/logs/$name-$s.txt" | sed 's/^/    /' >&2 || true
-        stop_server
+        stop_pid "$server_pid"
     done
 }
 

@@ -17,34 +17,25 @@ cd "$root"
 out="${1:-$root/target/loadtest/profile}"
 command -v valgrind >/dev/null || { echo "profile.sh needs valgrind" >&2; exit 2; }
 
-if [[ -z "${WISP_BIN:-}" ]]; then
-    cargo build --release --quiet -p wisp --bin wisp
-fi
-cargo build --release --quiet -p wisp-loadtest
-wisp_bin="${WISP_BIN:-$root/target/release/wisp}"
-lt="$root/target/release/wisp-loadtest"
+# shellcheck source=loadtest/common.sh
+source "$root/loadtest/common.sh"
+build_tools
 rm -rf "$out"
 mkdir -p "$out"
 
 valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
     "$wisp_bin" --bind 127.0.0.1:0 --rate-limit 0 --log info >"$out/wisp.log" 2>&1 &
 pid=$!
-addr=""
-for _ in $(seq 1 300); do
-    addr="$(grep -o 'http://[^/ ]*/' "$out/wisp.log" | head -n 1 | sed 's#http://##; s#/$##' || true)"
-    [[ -n "$addr" ]] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$out/wisp.log" >&2; exit 1; }
-    sleep 0.1
-done
-[[ -n "$addr" ]] || { echo "wisp did not start under valgrind" >&2; kill "$pid"; exit 1; }
+# Valgrind starts slowly.
+addr="$(wait_addr "$out/wisp.log" "$pid" 30)" || { stop_pid "$pid"; exit 1; }
 
 timeout 120 "$lt" fanout -n 300 --rate 50 --duration 5 --url "ws://$addr" \
     --json "$out/fanout.json" --quiet >"$out/fanout.txt"
 timeout 120 "$lt" rooms --rooms 50 --per-room 10 --rate 2 --duration 4 --url "ws://$addr" \
     --json "$out/rooms.json" --quiet >"$out/rooms.txt"
 
-kill -TERM "$pid"
-wait "$pid" || true
+# A graceful stop, so callgrind writes its file; under valgrind it takes longer.
+stop_pid "$pid" 60
 
 deliveries=$(python3 - "$out" <<'EOF'
 import json, sys

@@ -24,7 +24,7 @@
 use std::collections::HashSet;
 
 use super::events::{self, EventFrame, Presence};
-use super::history::RoomMessage;
+use super::history::{Pushed, RoomMessage};
 use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey};
 use crate::protocol::frame::FrameBuf;
 
@@ -153,20 +153,7 @@ impl Chat {
             return None;
         }
         r.history.set_last_id(msg.id);
-        let event = events::message(
-            &mut self.frames,
-            msg.id,
-            &r.name,
-            &msg.client,
-            &msg.content,
-            msg.at,
-        );
-        let at = r.history.timeline.stamp(msg.at);
-        let stored = RoomMessage {
-            id: msg.id,
-            event: event.clone(),
-        };
-        let pushed = r.history.timeline.push(at, stored, max);
+        let (event, pushed) = store_message(&mut self.frames, r, msg, max);
         let vacant = r.is_vacant();
         let arm = self.account_push(&pushed);
         if vacant {
@@ -267,19 +254,7 @@ impl Chat {
             r.epoch = img.epoch.as_str().into();
             let mut stored = 0;
             for msg in &img.messages {
-                let event = events::message(
-                    &mut self.frames,
-                    msg.id,
-                    &r.name,
-                    &msg.client,
-                    &msg.content,
-                    msg.at,
-                );
-                let at = r.history.timeline.stamp(msg.at);
-                let pushed = r
-                    .history
-                    .timeline
-                    .push(at, RoomMessage { id: msg.id, event }, max);
+                let (_, pushed) = store_message(&mut self.frames, r, msg, max);
                 stored += usize::from(pushed.stored);
                 dropped += pushed.dropped;
             }
@@ -382,4 +357,21 @@ impl Chat {
         }
         r.remote = remote;
     }
+}
+
+/// Frames `msg`'s `message` event and keeps it in `r`'s history (at most `max`); returns the event,
+/// for the local members, and what the push did.
+fn store_message(
+    frames: &mut FrameBuf,
+    r: &mut super::room::Room,
+    msg: &ClusterMessage,
+    max: usize,
+) -> (EventFrame, Pushed) {
+    let event = events::message(frames, msg.id, &r.name, &msg.client, &msg.content, msg.at);
+    let at = r.history.timeline.stamp(msg.at);
+    let stored = RoomMessage {
+        id: msg.id,
+        event: event.clone(),
+    };
+    (event, r.history.timeline.push(at, stored, max))
 }
