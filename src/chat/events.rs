@@ -78,44 +78,125 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 /// One event as a complete, unmasked WebSocket text frame, encoded once: the same bytes go into every
 /// recipient's output queue and into the room's history, each holding a reference.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventFrame(Rc<[u8]>);
+#[derive(Clone, Debug)]
+pub struct EventFrame {
+    /// The frame is `bytes[..len]`; a buffer from the [`FramePool`] may be longer.
+    bytes: Rc<[u8]>,
+    len: u32,
+}
+
+impl PartialEq for EventFrame {
+    fn eq(&self, other: &EventFrame) -> bool {
+        self.frame() == other.frame()
+    }
+}
+
+impl Eq for EventFrame {}
 
 impl EventFrame {
-    /// Frames `write`'s output (which must be UTF-8 text) in `buf` and copies the frame into its one
-    /// shared allocation.
-    fn build(buf: &mut FrameBuf, write: impl FnOnce(&mut Vec<u8>)) -> EventFrame {
-        EventFrame(Rc::from(buf.build(OpCode::Text, write)))
-    }
-
-    /// A text message sent unchanged (the global channel's).
-    pub(crate) fn raw(buf: &mut FrameBuf, text: &str) -> EventFrame {
-        EventFrame::build(buf, |out| out.extend_from_slice(text.as_bytes()))
-    }
-
     /// The event's text: the frame's payload.
     pub fn text(&self) -> &str {
         // Every EventFrame's payload was written from `str`s and ASCII; checking costs a scan of text
         // that is only read back for a `welcome` or an HTTP view.
-        std::str::from_utf8(unmasked_payload(&self.0)).expect("bug: event frame is not UTF-8")
+        std::str::from_utf8(unmasked_payload(self.frame())).expect("bug: event frame is not UTF-8")
     }
 
-    /// The whole frame, for the output queues.
-    pub fn frame(&self) -> &Rc<[u8]> {
-        &self.0
+    /// The whole frame, for a write.
+    pub fn frame(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
     }
+}
+
+/// Smallest and largest pooled buffer sizes: 128 B to 4 KiB, in powers of two. Larger frames get a
+/// buffer of their own size and are not pooled.
+const POOL_MIN_SHIFT: u32 = 7;
+const POOL_CLASSES: usize = 6;
+const POOL_MAX: usize = 1 << (POOL_MIN_SHIFT as usize + POOL_CLASSES - 1);
+/// Free buffers kept per size class; beyond that they are freed. Steady chat needs only a few (one
+/// message expires as one arrives); this bounds what a burst of expiries leaves behind (≤ 0.5 MiB).
+const POOL_KEEP: usize = 64;
+static ZEROS: [u8; POOL_MAX] = [0; POOL_MAX];
+
+/// Where events are framed: a reusable [`FrameBuf`] to write them in, and the buffers of frames the
+/// histories have let go of, to copy the next ones into. In a room whose history is full (by
+/// `--history-max` or by age) every new message finds the buffer of the one it pushed out, so the
+/// broadcast path allocates nothing, per message or per recipient (`tests/alloc_fanout.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct FramePool {
+    buf: FrameBuf,
+    free: [Vec<Rc<[u8]>>; POOL_CLASSES],
+}
+
+impl FramePool {
+    /// Frames `write`'s output (which must be UTF-8 text) and copies it into a shared buffer: a free
+    /// one of the right size class, else a new one.
+    fn build(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> EventFrame {
+        let frame = self.buf.build(OpCode::Text, write);
+        let len = frame.len();
+        let bytes = match size_class(len) {
+            Some(class) => {
+                let mut bytes = self.free[class]
+                    .pop()
+                    .unwrap_or_else(|| Rc::from(&ZEROS[..class_size(class)]));
+                Rc::get_mut(&mut bytes).expect("bug: a pooled frame buffer is shared")[..len]
+                    .copy_from_slice(frame);
+                bytes
+            }
+            None => Rc::from(frame),
+        };
+        EventFrame {
+            bytes,
+            len: len as u32,
+        }
+    }
+
+    /// A text message sent unchanged (the global channel's).
+    pub(crate) fn raw(&mut self, text: &str) -> EventFrame {
+        self.build(|out| out.extend_from_slice(text.as_bytes()))
+    }
+
+    /// Takes back an event the history no longer keeps: if nothing else refers to its buffer any
+    /// more (no queue, no backlog), the buffer is kept for a later event of its size.
+    pub(crate) fn recycle(&mut self, event: EventFrame) {
+        let EventFrame { bytes, .. } = event;
+        if Rc::strong_count(&bytes) != 1 || Rc::weak_count(&bytes) != 0 {
+            return;
+        }
+        if let Some(class) = size_class(bytes.len()).filter(|&c| class_size(c) == bytes.len()) {
+            if self.free[class].len() < POOL_KEEP {
+                self.free[class].push(bytes);
+            }
+        }
+    }
+}
+
+/// The pool class whose buffers fit `len` bytes, if any.
+fn size_class(len: usize) -> Option<usize> {
+    if len > POOL_MAX {
+        return None;
+    }
+    let shift = len
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
+        .max(POOL_MIN_SHIFT);
+    Some((shift - POOL_MIN_SHIFT) as usize)
+}
+
+fn class_size(class: usize) -> usize {
+    1 << (POOL_MIN_SHIFT as usize + class)
 }
 
 /// `{"type":"message","id","room_id","client_id","content","timestamp"}`.
 pub(crate) fn message(
-    buf: &mut FrameBuf,
+    pool: &mut FramePool,
     id: u64,
     room_id: &str,
     client_id: &str,
     content: &str,
     at: Micros,
 ) -> EventFrame {
-    EventFrame::build(buf, |out| {
+    pool.build(|out| {
         out.extend_from_slice(br#"{"type":"message","id":"#);
         push_u64(out, id);
         out.extend_from_slice(br#","room_id":"#);
@@ -130,13 +211,13 @@ pub(crate) fn message(
 
 /// `{"type":"join"|"leave","room_id","client_id","timestamp"}`.
 pub(crate) fn presence(
-    buf: &mut FrameBuf,
+    pool: &mut FramePool,
     kind: Presence,
     room_id: &str,
     client_id: &str,
     at: Micros,
 ) -> EventFrame {
-    EventFrame::build(buf, |out| {
+    pool.build(|out| {
         out.extend_from_slice(match kind {
             Presence::Join => br#"{"type":"join","room_id":"#,
             Presence::Leave => br#"{"type":"leave","room_id":"#,
@@ -386,7 +467,7 @@ mod tests {
     fn message_shape() {
         let v = parse(
             message(
-                &mut FrameBuf::default(),
+                &mut FramePool::default(),
                 7,
                 "lobby",
                 "alice",
@@ -407,7 +488,7 @@ mod tests {
     #[test]
     fn presence_shapes() {
         for (kind, name) in [(Presence::Join, "join"), (Presence::Leave, "leave")] {
-            let v = parse(presence(&mut FrameBuf::default(), kind, "r", "bob#2", AT).text());
+            let v = parse(presence(&mut FramePool::default(), kind, "r", "bob#2", AT).text());
             assert_eq!(
                 v,
                 json!({"type": name, "room_id": "r", "client_id": "bob#2",
@@ -429,7 +510,7 @@ mod tests {
 
     #[test]
     fn welcome_shape_with_spliced_history() {
-        let mut buf = FrameBuf::default();
+        let mut buf = FramePool::default();
         let m1 = message(&mut buf, 1, "r", "a", "one", AT);
         let m2 = message(&mut buf, 2, "r", "b", "two", AT);
         let users = ["a", "b\"q"];
@@ -471,7 +552,7 @@ mod tests {
 
     #[test]
     fn http_view_shapes() {
-        let m1 = message(&mut FrameBuf::default(), 1, "r", "a", "one", AT);
+        let m1 = message(&mut FramePool::default(), 1, "r", "a", "one", AT);
         let v = parse(&room_messages("r/x", 60, [m1.text()].into_iter()));
         assert_eq!(
             v,
@@ -529,7 +610,7 @@ mod tests {
 
     #[test]
     fn escaping_matches_serde_json_on_every_special_character() {
-        let mut buf = FrameBuf::default();
+        let mut buf = FramePool::default();
         let all_controls: String = (0u8..0x20).map(char::from).collect();
         for content in [
             "",
@@ -551,7 +632,7 @@ mod tests {
 
     #[test]
     fn event_frames_are_single_unmasked_text_frames() {
-        let mut buf = FrameBuf::default();
+        let mut buf = FramePool::default();
         for len in [0, 50, 125, 126, 200, 65_535, 65_536, 70_000] {
             let content = "x".repeat(len);
             let ev = message(&mut buf, 1, "r", "a", &content, AT);
@@ -560,10 +641,46 @@ mod tests {
             assert_eq!(frame[1] & 0x80, 0, "server frames are unmasked");
             assert_eq!(ev.text(), serde_message(1, "r", "a", &content, AT));
         }
+        assert_eq!(buf.raw("hé").frame(), b"\x81\x03h\xc3\xa9");
+    }
+
+    #[test]
+    fn a_recycled_buffer_carries_the_next_event_of_its_size() {
+        let mut pool = FramePool::default();
+        // 244- and 234-byte frames: both in the 256-byte class.
+        let long = message(&mut pool, 1, "r", "a", &"x".repeat(130), AT);
+        let ptr = long.frame().as_ptr();
+        // Still referenced elsewhere (a queue, a backlog): not taken back.
+        let queued = long.clone();
+        pool.recycle(long);
+        let other = message(&mut pool, 2, "r", "a", "short", AT);
+        assert_ne!(other.frame().as_ptr(), ptr);
+        // The last reference: reused by the next event of the same class, with nothing of the
+        // longer one showing.
+        pool.recycle(queued);
+        let reused = message(&mut pool, 3, "r", "b", &"y".repeat(120), AT);
+        assert_eq!(reused.frame().as_ptr(), ptr);
         assert_eq!(
-            &**EventFrame::raw(&mut buf, "hé").frame(),
-            b"\x81\x03h\xc3\xa9"
+            reused.text(),
+            serde_message(3, "r", "b", &"y".repeat(120), AT)
         );
+        // A frame too big to pool is not kept.
+        let huge = message(&mut pool, 4, "r", "a", &"z".repeat(5000), AT);
+        pool.recycle(huge);
+        assert!(pool.free.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn size_classes_fit_and_bound() {
+        assert_eq!(size_class(0), Some(0));
+        assert_eq!(size_class(128), Some(0));
+        assert_eq!(size_class(129), Some(1));
+        assert_eq!(size_class(POOL_MAX), Some(POOL_CLASSES - 1));
+        assert_eq!(size_class(POOL_MAX + 1), None);
+        for len in 0..=POOL_MAX {
+            let c = size_class(len).unwrap();
+            assert!(class_size(c) >= len && (c == 0 || class_size(c - 1) < len));
+        }
     }
 
     proptest::proptest! {
@@ -575,7 +692,7 @@ mod tests {
             content in "(\\PC|[\\x00-\\x1f\"\\\\]){0,300}",
             at in 0u64..LAST_TIME,
         ) {
-            let mut buf = FrameBuf::default();
+            let mut buf = FramePool::default();
             let ours = message(&mut buf, id, &room, &client, &content, at);
             proptest::prop_assert_eq!(ours.text(), serde_message(id, &room, &client, &content, at));
             let join = presence(&mut buf, Presence::Join, &room, &client, at);

@@ -65,9 +65,15 @@ impl<T> Timeline<T> {
         self.entries.back().map_or(now, |last| now.max(last.at))
     }
 
-    /// Appends `item` at `at` (which must come from [`Timeline::stamp`]) and drops the oldest entries
-    /// beyond `max`.
-    pub(crate) fn push(&mut self, at: Micros, item: T, max: usize) -> Pushed {
+    /// Appends `item` at `at` (which must come from [`Timeline::stamp`]) and hands the oldest entries
+    /// beyond `max` to `gone`.
+    pub(crate) fn push(
+        &mut self,
+        at: Micros,
+        item: T,
+        max: usize,
+        mut gone: impl FnMut(T),
+    ) -> Pushed {
         debug_assert!(at >= self.stamp(0), "bug: timestamp not from stamp()");
         let was_empty = self.entries.is_empty();
         if max == 0 {
@@ -80,7 +86,9 @@ impl<T> Timeline<T> {
         }
         let mut dropped = 0;
         while self.entries.len() >= max {
-            self.entries.pop_front();
+            if let Some(old) = self.entries.pop_front() {
+                gone(old.item);
+            }
             dropped += 1;
         }
         self.entries.push_back(Stamped { at, item });
@@ -92,10 +100,11 @@ impl<T> Timeline<T> {
         }
     }
 
-    /// Removes the entries with `at + ttl <= now` (an entry is gone exactly at its expiry, SPEC §4.2).
-    pub(crate) fn expire(&mut self, now: Micros, ttl: Micros) -> Expired {
+    /// Removes the entries with `at + ttl <= now` (an entry is gone exactly at its expiry, SPEC §4.2),
+    /// handing each to `gone`.
+    pub(crate) fn expire(&mut self, now: Micros, ttl: Micros, gone: impl FnMut(T)) -> Expired {
         let removed = self.live_start(now, ttl);
-        self.entries.drain(..removed);
+        self.entries.drain(..removed).map(|e| e.item).for_each(gone);
         Expired {
             removed,
             next_due: self.entries.front().map(|e| e.at.saturating_add(ttl)),
@@ -266,7 +275,7 @@ impl RoomHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::FrameBuf;
+    use crate::chat::events::FramePool;
 
     const TTL: Micros = 60_000_000;
 
@@ -279,9 +288,10 @@ mod tests {
                 at,
                 RoomMessage {
                     id,
-                    event: EventFrame::raw(&mut FrameBuf::default(), &format!("m{id}")),
+                    event: FramePool::default().raw(&format!("m{id}")),
                 },
                 max,
+                drop,
             );
         }
         h
@@ -294,7 +304,7 @@ mod tests {
     #[test]
     fn expiry_is_exact_to_the_microsecond() {
         let mut t: Timeline<()> = Timeline::default();
-        let p = t.push(1_000, (), 10);
+        let p = t.push(1_000, (), 10, drop);
         assert_eq!(
             p,
             Pushed {
@@ -304,11 +314,11 @@ mod tests {
                 stored: true
             }
         );
-        assert!(!t.push(2_000, (), 10).was_empty);
+        assert!(!t.push(2_000, (), 10, drop).was_empty);
         let due = 1_000 + TTL;
         assert_eq!(t.live(due - 1, TTL).count(), 2);
         assert_eq!(
-            t.expire(due - 1, TTL),
+            t.expire(due - 1, TTL, drop),
             Expired {
                 removed: 0,
                 next_due: Some(due)
@@ -316,14 +326,14 @@ mod tests {
         );
         assert_eq!(t.live(due, TTL).count(), 1);
         assert_eq!(
-            t.expire(due, TTL),
+            t.expire(due, TTL, drop),
             Expired {
                 removed: 1,
                 next_due: Some(2_000 + TTL)
             }
         );
         assert_eq!(
-            t.expire(u64::MAX, TTL),
+            t.expire(u64::MAX, TTL, drop),
             Expired {
                 removed: 1,
                 next_due: None
@@ -336,21 +346,21 @@ mod tests {
     fn history_max_drops_the_oldest() {
         let mut t: Timeline<u32> = Timeline::default();
         for i in 0..3 {
-            assert_eq!(t.push(i.into(), i, 3).dropped, 0);
+            assert_eq!(t.push(i.into(), i, 3, drop).dropped, 0);
         }
-        let p = t.push(3, 3, 3);
+        let p = t.push(3, 3, 3, drop);
         assert_eq!((p.dropped, p.was_empty), (1, false));
         let kept: Vec<u32> = t.live(0, TTL).map(|e| e.item).collect();
         assert_eq!(kept, [1, 2, 3]);
         // Lowering the cap (never at runtime, but cheap to be right) drops down to it.
-        assert_eq!(t.push(4, 4, 2).dropped, 2);
+        assert_eq!(t.push(4, 4, 2, drop).dropped, 2);
         assert_eq!(t.len(), 2);
     }
 
     #[test]
     fn history_max_zero_keeps_nothing() {
         let mut t: Timeline<()> = Timeline::default();
-        let p = t.push(5, (), 0);
+        let p = t.push(5, (), 0, drop);
         assert!(!p.stored && p.was_empty);
         assert!(t.is_empty());
     }
@@ -358,11 +368,11 @@ mod tests {
     #[test]
     fn clock_stepping_back_keeps_order() {
         let mut t: Timeline<()> = Timeline::default();
-        t.push(t.stamp(10_000), (), 10);
+        t.push(t.stamp(10_000), (), 10, drop);
         let at = t.stamp(4_000);
         assert_eq!(at, 10_000);
-        t.push(at, (), 10);
-        assert_eq!(t.expire(10_000 + TTL, TTL).removed, 2);
+        t.push(at, (), 10, drop);
+        assert_eq!(t.expire(10_000 + TTL, TTL, drop).removed, 2);
     }
 
     #[test]
@@ -412,5 +422,18 @@ mod tests {
         assert_eq!(r(Some(3), Some("E"), 10), (vec![4, 5], true));
         assert_eq!(r(Some(3), Some("E"), late), (vec![4, 5], true));
         assert_eq!(r(Some(0), Some("E"), late), (vec![3, 4, 5], false));
+    }
+
+    #[test]
+    fn what_leaves_is_handed_back_oldest_first() {
+        let mut t = Timeline::default();
+        let mut gone = Vec::new();
+        for i in 0..5u64 {
+            t.push(t.stamp(i * 1_000), i, 3, |old| gone.push(old));
+        }
+        assert_eq!(gone, [0, 1], "trimmed by --history-max");
+        t.expire(3_000 + TTL, TTL, |old| gone.push(old));
+        assert_eq!(gone, [0, 1, 2, 3], "expired");
+        assert_eq!(t.len(), 1);
     }
 }

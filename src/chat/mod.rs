@@ -44,14 +44,12 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use events::{ErrorCode, RoomRow, Welcome};
+use events::{ErrorCode, FramePool, RoomRow, Welcome};
 use history::{Pushed, RoomMessage, Timeline};
 use presence::GlobalPresence;
 use ratelimit::TokenBucket;
 use room::Rooms;
 use time::MICROS_PER_SEC;
-
-use crate::protocol::frame::FrameBuf;
 
 pub use events::{EventFrame, Presence};
 pub use names::clean_name;
@@ -201,7 +199,7 @@ pub struct Chat {
     /// Cluster mode: the last global-channel sequence number stored, to skip repeats.
     cluster_global_seq: u64,
     /// Where room events and global messages are framed before their one shared allocation.
-    frames: FrameBuf,
+    frames: FramePool,
 }
 
 /// A room message that is a JSON object; only `content` matters, other fields are ignored.
@@ -233,7 +231,7 @@ impl Chat {
             expired_total: 0,
             rate_limited_total: 0,
             cluster_global_seq: 0,
-            frames: FrameBuf::default(),
+            frames: FramePool::default(),
         }
     }
 
@@ -325,11 +323,14 @@ impl Chat {
     /// The storing half of [`Chat::global_post`]: keeps `text` with arrival time `now`. Returns `text`
     /// framed for every member, and `Some(due)` when the global expiry timer must be armed.
     pub fn global_store(&mut self, text: &str, now: Micros) -> (EventFrame, Option<Micros>) {
-        let frame = EventFrame::raw(&mut self.frames, text);
+        let frame = self.frames.raw(text);
         let at = self.global_history.stamp(now);
+        let frames = &mut self.frames;
         let pushed = self
             .global_history
-            .push(at, frame.clone(), self.cfg.history_max);
+            .push(at, frame.clone(), self.cfg.history_max, |old| {
+                frames.recycle(old)
+            });
         (frame, self.account_push(&pushed))
     }
 
@@ -342,7 +343,10 @@ impl Chat {
     /// next one is due, or `None` when the global history is empty (then no timer is needed until
     /// [`Chat::global_post`] asks for one).
     pub fn expire_global(&mut self, now: Micros) -> Option<Micros> {
-        let expired = self.global_history.expire(now, self.ttl);
+        let frames = &mut self.frames;
+        let expired = self
+            .global_history
+            .expire(now, self.ttl, |old| frames.recycle(old));
         self.account_expiry(expired.removed);
         expired.next_due
     }
@@ -509,7 +513,13 @@ impl Chat {
             id,
             event: event.clone(),
         };
-        let pushed = room.history.timeline.push(at, stored, self.cfg.history_max);
+        let frames = &mut self.frames;
+        let pushed = room
+            .history
+            .timeline
+            .push(at, stored, self.cfg.history_max, |old| {
+                frames.recycle(old.event)
+            });
         Post::Broadcast {
             event,
             arm_expiry: self.account_push(&pushed),
@@ -537,7 +547,11 @@ impl Chat {
     /// [`Chat::post`] asks for one, and the room is freed if nobody is in it) or when `key` is stale.
     pub fn expire_room(&mut self, key: RoomKey, now: Micros) -> Option<Micros> {
         let room = self.rooms.get_mut(key)?;
-        let expired = room.history.timeline.expire(now, self.ttl);
+        let frames = &mut self.frames;
+        let expired = room
+            .history
+            .timeline
+            .expire(now, self.ttl, |old| frames.recycle(old.event));
         let vacant = room.is_vacant();
         self.account_expiry(expired.removed);
         if vacant {

@@ -23,10 +23,9 @@
 
 use std::collections::HashSet;
 
-use super::events::{self, EventFrame, Presence};
+use super::events::{self, EventFrame, FramePool, Presence};
 use super::history::{Pushed, RoomMessage};
 use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey};
-use crate::protocol::frame::FrameBuf;
 
 /// Where a `join` or `leave` event of the cluster happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,8 +287,11 @@ impl Chat {
         self.history_messages -= self.global_history.clear();
         for (at, text) in &image.global {
             let at = self.global_history.stamp(*at);
-            let frame = EventFrame::raw(&mut self.frames, text);
-            let pushed = self.global_history.push(at, frame, self.cfg.history_max);
+            let frame = self.frames.raw(text);
+            let frames = &mut self.frames;
+            let pushed = self
+                .global_history
+                .push(at, frame, self.cfg.history_max, |old| frames.recycle(old));
             self.history_messages += usize::from(pushed.stored);
             self.history_messages -= pushed.dropped;
         }
@@ -329,7 +331,7 @@ impl Chat {
 
     /// Replaces `r.remote` with `remote`, announcing the differences to the local members.
     fn diff_remote(
-        frames: &mut FrameBuf,
+        frames: &mut FramePool,
         r: &mut super::room::Room,
         key: RoomKey,
         remote: Vec<Box<str>>,
@@ -362,7 +364,7 @@ impl Chat {
 /// Frames `msg`'s `message` event and keeps it in `r`'s history (at most `max`); returns the event,
 /// for the local members, and what the push did.
 fn store_message(
-    frames: &mut FrameBuf,
+    frames: &mut FramePool,
     r: &mut super::room::Room,
     msg: &ClusterMessage,
     max: usize,
@@ -373,5 +375,9 @@ fn store_message(
         id: msg.id,
         event: event.clone(),
     };
-    (event, r.history.timeline.push(at, stored, max))
+    let pushed = r
+        .history
+        .timeline
+        .push(at, stored, max, |old| frames.recycle(old.event));
+    (event, pushed)
 }

@@ -8,11 +8,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::rc::Rc;
 
 use mio::net::TcpStream;
 
-use crate::chat::RoomKey;
+use crate::chat::{EventFrame, RoomKey};
 use crate::protocol::WebSocket;
 
 /// A slab key with the generation of its occupant, so a deadline or a chat
@@ -78,14 +77,14 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub(crate) enum Chunk {
     Owned(Vec<u8>),
-    Shared(Rc<[u8]>),
+    Shared(EventFrame),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
-            Chunk::Shared(r) => r,
+            Chunk::Shared(r) => r.frame(),
         }
     }
 }
@@ -312,7 +311,7 @@ impl Conn {
 /// list becomes one vectored write.
 #[derive(Debug, Default)]
 pub(crate) struct Cork {
-    pub(crate) shared: Vec<Rc<[u8]>>,
+    pub(crate) shared: Vec<EventFrame>,
     pub(crate) bytes: Vec<u8>,
     pub(crate) nodes: Vec<Node>,
     /// Slab indices with a list this turn, each once.
@@ -336,7 +335,7 @@ pub(crate) enum Item {
 impl Cork {
     pub(crate) fn item_bytes(&self, item: Item) -> &[u8] {
         match item {
-            Item::Shared(i) => &self.shared[i as usize],
+            Item::Shared(i) => self.shared[i as usize].frame(),
             Item::Local { start, len } => &self.bytes[start as usize..(start + len) as usize],
         }
     }
@@ -494,8 +493,8 @@ impl BenchFanout {
     /// Shares `event`'s frame once, links it into every recipient's list (as the reactor's
     /// `broadcast`), then takes each list's bytes as [`flush`] does before its `write` (one frame)
     /// or `writev` (several), and forgets the turn. Returns the bytes the writes would carry.
-    pub fn turn(&mut self, event: &crate::chat::EventFrame) -> usize {
-        self.cork.shared.push(Rc::clone(event.frame()));
+    pub fn turn(&mut self, event: &EventFrame) -> usize {
+        self.cork.shared.push(event.clone());
         let item = Item::Shared((self.cork.shared.len() - 1) as u32);
         for (i, (head, tail)) in self.lists.iter_mut().enumerate() {
             self.cork.link_at(i as u32, head, tail, item);

@@ -25,7 +25,6 @@ pub mod timer;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
@@ -1382,7 +1381,7 @@ impl Core {
     /// Makes an event's frame (encoded once) available to this turn's cork lists; returns its index
     /// for [`Item::Shared`].
     fn share(&mut self, event: &EventFrame) -> u32 {
-        self.cork.shared.push(Rc::clone(event.frame()));
+        self.cork.shared.push(event.clone());
         (self.cork.shared.len() - 1) as u32
     }
 
