@@ -203,6 +203,11 @@ fn write_some(stream: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> 
 /// "No node": the end of a cork list.
 pub(crate) const NONE: u32 = u32::MAX;
 
+/// Slices per `writev`: enough for a busy turn's frames to one peer, and cheap to set up (the
+/// profile showed a 64-entry array costing more than the syscall's own user-space work); longer
+/// lists take more rounds.
+const IOV_BATCH: usize = 16;
+
 /// What a connection holds only while something is incomplete or unwritten.
 /// Boxed behind an `Option` so a connection with nothing pending (the
 /// normal case) pays one pointer for it and owns no heap.
@@ -340,6 +345,36 @@ impl Cork {
         }
     }
 
+    /// The bytes of the list starting at `node` when it holds exactly one item: the common fan-out
+    /// case, which `flush` writes with a plain `write` instead of building a vector.
+    pub(crate) fn lone(&self, node: u32) -> Option<&[u8]> {
+        if node == NONE {
+            return None;
+        }
+        let n = self.nodes[node as usize];
+        (n.next == NONE).then(|| self.item_bytes(n.item))
+    }
+
+    /// Fills `iov` from the list starting at `node`, the first item from its byte `skip` on, as far
+    /// as `iov` goes; returns how many slices were filled and the node after the last one taken
+    /// (`NONE` at the end of the list).
+    pub(crate) fn gather<'c>(
+        &'c self,
+        mut node: u32,
+        skip: usize,
+        iov: &mut [IoSlice<'c>; IOV_BATCH],
+    ) -> (usize, u32) {
+        let mut n_iov = 0;
+        while node != NONE && n_iov < iov.len() {
+            let n = self.nodes[node as usize];
+            let b = self.item_bytes(n.item);
+            iov[n_iov] = IoSlice::new(if n_iov == 0 { &b[skip..] } else { b });
+            n_iov += 1;
+            node = n.next;
+        }
+        (n_iov, node)
+    }
+
     /// Appends `item` to `conn`'s list for this turn.
     pub(crate) fn link(&mut self, index: u32, conn: &mut Conn, item: Item) {
         self.link_at(index, &mut conn.cork_head, &mut conn.cork_tail, item);
@@ -402,8 +437,7 @@ pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
     // The common case in fan-out: one frame for this peer this turn. A plain
     // write spares building the vector below; a short one means the socket is full.
     let mut full = false;
-    if node != NONE && cork.nodes[node as usize].next == NONE && conn.backlog_bytes() == 0 {
-        let bytes = cork.item_bytes(cork.nodes[node as usize].item);
+    if let Some(bytes) = cork.lone(node).filter(|_| conn.backlog_bytes() == 0) {
         let n = write_some(&mut conn.stream, &[IoSlice::new(bytes)])?;
         written += n;
         if n == bytes.len() {
@@ -414,19 +448,8 @@ pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
         }
     }
     while node != NONE && !full && conn.backlog_bytes() == 0 {
-        // 16 entries: enough for a busy turn's frames to one peer, and cheap
-        // to set up (the profile showed a 64-entry array costing more than the
-        // syscall's own user-space work); longer lists take more rounds.
-        let mut iov = [IoSlice::new(&[]); 16];
-        let mut n_iov = 0;
-        let mut cursor = node;
-        while cursor != NONE && n_iov < iov.len() {
-            let n = cork.nodes[cursor as usize];
-            let b = cork.item_bytes(n.item);
-            iov[n_iov] = IoSlice::new(if n_iov == 0 { &b[skip..] } else { b });
-            n_iov += 1;
-            cursor = n.next;
-        }
+        let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+        let (n_iov, cursor) = cork.gather(node, skip, &mut iov);
         let mut n = match write_some(&mut conn.stream, &iov[..n_iov])? {
             0 => break,
             n => n,
@@ -501,22 +524,15 @@ impl BenchFanout {
         }
         let mut total = 0;
         for (head, tail) in &mut self.lists {
-            let mut node = std::mem::replace(head, NONE);
+            let node = std::mem::replace(head, NONE);
             *tail = NONE;
             // As in `flush`: a lone frame is written as it is, without a vector.
-            let lone = self.cork.nodes[node as usize];
-            if lone.next == NONE {
-                total += std::hint::black_box(self.cork.item_bytes(lone.item)).len();
+            if let Some(bytes) = self.cork.lone(node) {
+                total += std::hint::black_box(bytes).len();
                 continue;
             }
-            let mut iov = [IoSlice::new(&[]); 16];
-            let mut n_iov = 0;
-            while node != NONE && n_iov < iov.len() {
-                let n = self.cork.nodes[node as usize];
-                iov[n_iov] = IoSlice::new(self.cork.item_bytes(n.item));
-                n_iov += 1;
-                node = n.next;
-            }
+            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+            let (n_iov, _) = self.cork.gather(node, 0, &mut iov);
             total += std::hint::black_box(&iov[..n_iov])
                 .iter()
                 .map(|b| b.len())
