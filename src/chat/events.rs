@@ -1,9 +1,10 @@
 //! The JSON text the chat sends: room events (SPEC §4.2) and the chat's HTTP views (SPEC §3).
 //!
 //! Owns the exact shapes. The events sent to a whole room (`message`, `join`, `leave`) are written by
-//! hand, straight into their WebSocket frame ([`EventFrame`]): one allocation per event, shared by
-//! every recipient and by the history, and no `fmt` or serde machinery on the path every message takes
-//! (it was a third of the user-space instructions per message before). Their string escaping is the
+//! hand, straight into their WebSocket frame ([`EventFrame`]), one buffer shared by every recipient and
+//! by the history and reused once the history lets it go ([`FramePool`]), with no `fmt` or serde
+//! machinery on the path every message takes (it was a third of the user-space instructions per
+//! message before). Their string escaping is the
 //! same as serde_json's, which a property test checks. Everything else (welcome, error, the HTTP
 //! views) goes through serde_json; already encoded `message` events are spliced into `welcome` and
 //! `GET /rooms/{room}/messages` rather than serialised twice. Sending frames is the reactor's job.

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 
+use super::events::FramePool;
 use super::{EventFrame, Micros};
 
 /// One retained entry and its arrival time.
@@ -206,6 +207,30 @@ impl RoomHistory {
         self.last_id = id;
     }
 
+    /// Keeps `event`, the message with id `id` that arrived at `at` (from [`Timeline::stamp`]), at most
+    /// `max` messages; the buffers of those it pushes out go back to `pool`.
+    pub(crate) fn keep(
+        &mut self,
+        at: Micros,
+        id: u64,
+        event: &EventFrame,
+        max: usize,
+        pool: &mut FramePool,
+    ) -> Pushed {
+        let stored = RoomMessage {
+            id,
+            event: event.clone(),
+        };
+        self.timeline
+            .push(at, stored, max, |old| pool.recycle(old.event))
+    }
+
+    /// Drops the messages expired at `now` ([`Timeline::expire`]); their buffers go back to `pool`.
+    pub(crate) fn expire(&mut self, now: Micros, ttl: Micros, pool: &mut FramePool) -> Expired {
+        self.timeline
+            .expire(now, ttl, |old| pool.recycle(old.event))
+    }
+
     /// Forgets every message and starts the id sequence over (a new epoch); returns the messages
     /// dropped.
     pub(crate) fn reset(&mut self) -> usize {
@@ -275,7 +300,6 @@ impl RoomHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::events::FramePool;
 
     const TTL: Micros = 60_000_000;
 

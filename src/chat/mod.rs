@@ -45,7 +45,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use events::{ErrorCode, FramePool, RoomRow, Welcome};
-use history::{Pushed, RoomMessage, Timeline};
+use history::{Pushed, Timeline};
 use presence::GlobalPresence;
 use ratelimit::TokenBucket;
 use room::Rooms;
@@ -198,7 +198,7 @@ pub struct Chat {
     rate_limited_total: u64,
     /// Cluster mode: the last global-channel sequence number stored, to skip repeats.
     cluster_global_seq: u64,
-    /// Where room events and global messages are framed before their one shared allocation.
+    /// Where room events and global messages are framed, into buffers the histories give back.
     frames: FramePool,
 }
 
@@ -509,17 +509,9 @@ impl Chat {
         let id = room.history.next_id();
         let at = room.history.timeline.stamp(now);
         let event = events::message(&mut self.frames, id, &room.name, &member.name, content, at);
-        let stored = RoomMessage {
-            id,
-            event: event.clone(),
-        };
-        let frames = &mut self.frames;
         let pushed = room
             .history
-            .timeline
-            .push(at, stored, self.cfg.history_max, |old| {
-                frames.recycle(old.event)
-            });
+            .keep(at, id, &event, self.cfg.history_max, &mut self.frames);
         Post::Broadcast {
             event,
             arm_expiry: self.account_push(&pushed),
@@ -547,11 +539,7 @@ impl Chat {
     /// [`Chat::post`] asks for one, and the room is freed if nobody is in it) or when `key` is stale.
     pub fn expire_room(&mut self, key: RoomKey, now: Micros) -> Option<Micros> {
         let room = self.rooms.get_mut(key)?;
-        let frames = &mut self.frames;
-        let expired = room
-            .history
-            .timeline
-            .expire(now, self.ttl, |old| frames.recycle(old.event));
+        let expired = room.history.expire(now, self.ttl, &mut self.frames);
         let vacant = room.is_vacant();
         self.account_expiry(expired.removed);
         if vacant {

@@ -24,7 +24,7 @@
 use std::collections::HashSet;
 
 use super::events::{self, EventFrame, FramePool, Presence};
-use super::history::{Pushed, RoomMessage};
+use super::history::Pushed;
 use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey};
 
 /// Where a `join` or `leave` event of the cluster happened.
@@ -371,13 +371,6 @@ fn store_message(
 ) -> (EventFrame, Pushed) {
     let event = events::message(frames, msg.id, &r.name, &msg.client, &msg.content, msg.at);
     let at = r.history.timeline.stamp(msg.at);
-    let stored = RoomMessage {
-        id: msg.id,
-        event: event.clone(),
-    };
-    let pushed = r
-        .history
-        .timeline
-        .push(at, stored, max, |old| frames.recycle(old.event));
+    let pushed = r.history.keep(at, msg.id, &event, max, frames);
     (event, pushed)
 }
