@@ -163,6 +163,8 @@ pub struct Config {
     pub echo: bool,
     pub redis: Option<String>,
     pub log: log::LevelFilter,
+    /// Lines to log at `warn` once logging is up (a value adjusted to what the machine allows).
+    pub warnings: Vec<String>,
 }
 
 /// How long we wait for the peer's close and FIN after our close frame (SPEC §4.3).
@@ -185,9 +187,19 @@ impl ServeArgs {
             redis::Client::open(url.as_str()).map_err(|e| format!("--redis {url}: {e}"))?;
         }
         let fd_limit = raise_fd_limit();
+        let fd_allows = fd_limit.saturating_sub(RESERVED_FDS).max(1);
+        let mut warnings = Vec::new();
         let max_connections = match self.max_connections {
+            // Past the file limit, accept() fails with EMFILE and clients time out instead of
+            // getting the 503 SPEC §2 promises: clamp, and say so once.
+            Some(n) if n > fd_allows => {
+                warnings.push(format!(
+                    "--max-connections {n} is more than the open-file limit ({fd_limit}) allows; using {fd_allows}"
+                ));
+                fd_allows
+            }
             Some(n) => n,
-            None => fd_limit.saturating_sub(RESERVED_FDS).max(1),
+            None => fd_allows,
         };
         Ok(Config {
             bind: self.bind,
@@ -212,6 +224,7 @@ impl ServeArgs {
             echo: !self.no_echo,
             redis: self.redis,
             log: self.log,
+            warnings,
         })
     }
 }

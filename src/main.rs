@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 
 use wisp::config::{Cli, Command};
 
@@ -40,20 +40,23 @@ fn main() -> ExitCode {
         }
     };
     wisp::logger::init(cfg.log);
+    for warning in &cfg.warnings {
+        warn!("{warning}");
+    }
     let bind = cfg.bind;
-    let reactor = match wisp::reactor::Reactor::bind(cfg) {
-        Ok(r) => r,
+    let daemon = match wisp::server::Daemon::bind(cfg) {
+        Ok(d) => d,
         Err(e) => {
             eprintln!("error: --bind {bind}: {e}");
             return ExitCode::from(2);
         }
     };
-    let addr = reactor.local_addr();
+    let addr = daemon.local_addr();
     info!(
         "wisp {} listening on http://{addr}/ (browser client: http://{addr}/, WebSocket: ws://{addr}/ws)",
         env!("CARGO_PKG_VERSION")
     );
-    match reactor.run() {
+    match daemon.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("reactor failed: {e}");

@@ -23,6 +23,22 @@ pub struct Metrics {
     pub rejected_connections: u64,
     pub accept_errors: u64,
     pub http_requests: u64,
+    /// Reads cut short by the per-turn read budget (the connection was read again next turn).
+    pub reads_deferred: u64,
+    /// Connections that stopped being read because their own output was over budget.
+    pub reads_paused: u64,
+    /// Pings answered by a later ping's pong (RFC 6455 §5.5.3).
+    pub pongs_coalesced: u64,
+}
+
+/// The transport's gauges, read from the reactor at render time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Transport {
+    pub connections_active: usize,
+    pub websockets_active: usize,
+    pub outbound_bytes_pending: usize,
+    /// Connections not being read until their output drains.
+    pub connections_paused: usize,
 }
 
 /// Values that are read, not counted, at render time.
@@ -36,6 +52,7 @@ pub struct Gauges {
     pub rate_limited: u64,
     pub uptime_s: u64,
     pub outbound_bytes_pending: usize,
+    pub connections_paused: usize,
     pub redis_up: Option<bool>,
 }
 
@@ -144,6 +161,30 @@ impl Metrics {
             "gauge",
             "Bytes queued for peers that have not read them yet.",
             g.outbound_bytes_pending.to_string(),
+        );
+        metric(
+            "wisp_connections_paused",
+            "gauge",
+            "Connections not read until their own pending output drains (output budget).",
+            g.connections_paused.to_string(),
+        );
+        metric(
+            "wisp_reads_paused_total",
+            "counter",
+            "Times a connection stopped being read because its pending output passed half of --max-outbound-bytes.",
+            self.reads_paused.to_string(),
+        );
+        metric(
+            "wisp_reads_deferred_total",
+            "counter",
+            "Reads cut short by the per-turn read budget (64 KiB per connection per turn).",
+            self.reads_deferred.to_string(),
+        );
+        metric(
+            "wisp_pongs_coalesced_total",
+            "counter",
+            "Pings left unanswered because a later ping in the same read was answered.",
+            self.pongs_coalesced.to_string(),
         );
         metric(
             "wisp_handshake_failures_total",

@@ -76,7 +76,7 @@ fn start_reactor() -> SocketAddr {
         ])
         .expect("options");
         let cfg = cli.serve.into_config().expect("config");
-        let reactor = wisp::reactor::Reactor::bind(cfg).expect("bind");
+        let reactor = wisp::server::Daemon::bind(cfg).expect("bind");
         tx.send(reactor.local_addr()).unwrap();
         COUNTED.with(|c| c.set(true));
         let _ = reactor.run();

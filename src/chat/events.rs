@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::time::{rfc3339_bytes, unix_seconds};
 use super::Micros;
-use crate::protocol::frame::{unmasked_payload, FrameBuf, OpCode};
+use crate::protocol::frame::{FrameBuf, OpCode, SharedFrame};
 
 /// Why a room or global message was refused; the `code` of an `error` event (SPEC §4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,34 +79,7 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 /// One event as a complete, unmasked WebSocket text frame, encoded once: the same bytes go into every
 /// recipient's output queue and into the room's history, each holding a reference.
-#[derive(Clone, Debug)]
-pub struct EventFrame {
-    /// The frame is `bytes[..len]`; a buffer from the [`FramePool`] may be longer.
-    bytes: Rc<[u8]>,
-    len: u32,
-}
-
-impl PartialEq for EventFrame {
-    fn eq(&self, other: &EventFrame) -> bool {
-        self.frame() == other.frame()
-    }
-}
-
-impl Eq for EventFrame {}
-
-impl EventFrame {
-    /// The event's text: the frame's payload.
-    pub fn text(&self) -> &str {
-        // Every EventFrame's payload was written from `str`s and ASCII; checking costs a scan of text
-        // that is only read back for a `welcome` or an HTTP view.
-        std::str::from_utf8(unmasked_payload(self.frame())).expect("bug: event frame is not UTF-8")
-    }
-
-    /// The whole frame, for a write.
-    pub fn frame(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-}
+pub type EventFrame = SharedFrame;
 
 /// Smallest and largest pooled buffer sizes: 128 B to 4 KiB, in powers of two. Larger frames get a
 /// buffer of their own size and are not pooled.
@@ -145,10 +118,7 @@ impl FramePool {
             }
             None => Rc::from(frame),
         };
-        EventFrame {
-            bytes,
-            len: len as u32,
-        }
+        SharedFrame::new(bytes, len)
     }
 
     /// A text message sent unchanged (the global channel's).
@@ -159,7 +129,7 @@ impl FramePool {
     /// Takes back an event the history no longer keeps: if nothing else refers to its buffer any
     /// more (no queue, no backlog), the buffer is kept for a later event of its size.
     pub(crate) fn recycle(&mut self, event: EventFrame) {
-        let EventFrame { bytes, .. } = event;
+        let bytes = event.into_buffer();
         if Rc::strong_count(&bytes) != 1 || Rc::weak_count(&bytes) != 0 {
             return;
         }

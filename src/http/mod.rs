@@ -1,11 +1,16 @@
-//! The HTTP surface of SPEC §3: routing a request target to a [`Route`] and
-//! writing plain answers (status line, headers, body).
+//! The HTTP surface of SPEC §3: routing a request target to a [`Route`], the
+//! Origin and CORS rules, and every plain answer (status line, headers, body).
 //!
-//! Routes are computed from the request alone; the reactor fills the bodies
-//! from the chat and the metrics, because only it owns them. WebSocket state
-//! is not touched here. The browser client page is built into the binary.
+//! Routes are computed from the request alone; the answers (`answers`) are built
+//! from a read-only [`View`] of the state that the server hands in. Sockets and
+//! WebSocket state are not touched here. The browser client page is built into
+//! the binary.
+
+mod answers;
 
 use std::fmt::Write;
+
+pub use answers::{answer, check_origin, View};
 
 /// The browser client (SPEC §5), served at `GET /`.
 pub const CLIENT_PAGE: &str = include_str!("client.html");
@@ -18,7 +23,7 @@ pub const PAGE_HEADERS: &str = "X-Content-Type-Options: nosniff\r\nReferrer-Poli
     Content-Security-Policy: frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'none'\r\n";
 
 /// Where a request goes.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     Page,
     Health,

@@ -6,6 +6,8 @@
 //! is, and the caller borrows it from its own buffer. Message assembly,
 //! control-frame rules that need state, and UTF-8 live in `websocket.rs`.
 
+use std::rc::Rc;
+
 use super::close::ProtocolError;
 
 /// The largest header: 2 bytes, 8 bytes of extended length, 4 bytes of mask.
@@ -238,6 +240,53 @@ impl FrameBuf {
         let start = UNMASKED_HEADER_ROOM - n;
         self.buf[start..UNMASKED_HEADER_ROOM].copy_from_slice(&header[..n]);
         &self.buf[start..]
+    }
+}
+
+/// One complete, unmasked frame encoded once and shared by reference: the same bytes go into every
+/// recipient's output queue (and, for chat events, into the history), each holding a reference.
+#[derive(Clone, Debug)]
+pub struct SharedFrame {
+    /// The frame is `bytes[..len]`; the buffer may be longer (a pooled size class).
+    bytes: Rc<[u8]>,
+    len: u32,
+}
+
+impl PartialEq for SharedFrame {
+    fn eq(&self, other: &SharedFrame) -> bool {
+        self.frame() == other.frame()
+    }
+}
+
+impl Eq for SharedFrame {}
+
+impl SharedFrame {
+    /// The frame held in `bytes[..len]`.
+    ///
+    /// # Panics
+    /// If `len` is past the buffer or over 4 GiB.
+    pub fn new(bytes: Rc<[u8]>, len: usize) -> SharedFrame {
+        assert!(len <= bytes.len(), "bug: frame longer than its buffer");
+        let len = u32::try_from(len).expect("bug: a shared frame over 4 GiB");
+        SharedFrame { bytes, len }
+    }
+
+    /// The whole frame, for a write.
+    pub fn frame(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// The payload of a text frame.
+    ///
+    /// # Panics
+    /// If the frame is not an unmasked frame whose payload is UTF-8.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(unmasked_payload(self.frame())).expect("bug: shared frame is not UTF-8")
+    }
+
+    /// The buffer, to reuse once nothing else refers to it.
+    pub fn into_buffer(self) -> Rc<[u8]> {
+        self.bytes
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Request<'b> {
     /// A body follows the head (Content-Length > 0 or chunked): we read no
     /// bodies, so such a connection is answered and closed.
     pub has_body: bool,
+    /// HTTP/1.1 (or later): RFC 6455 §4.1 asks an upgrade for at least that.
+    pub http11: bool,
     pub origin: Option<&'b str>,
     /// The value of `Upgrade`, if present.
     pub upgrade: Option<&'b [u8]>,
@@ -79,6 +81,11 @@ pub enum HandshakeError {
     BadKey,
     /// §4.2.1 (6): `Sec-WebSocket-Version` must be 13.
     BadVersion,
+    /// §4.1: "The method of the request MUST be GET, and the HTTP version MUST be at least 1.1."
+    OldHttp,
+    /// An upgrade announcing a body (`Content-Length`, `Transfer-Encoding`): whatever follows the
+    /// head would be read as frames, so it is refused (SPEC §3).
+    UpgradeWithBody,
 }
 
 impl HandshakeError {
@@ -88,7 +95,9 @@ impl HandshakeError {
             HandshakeError::Malformed
             | HandshakeError::BadUpgrade
             | HandshakeError::BadConnection
-            | HandshakeError::BadKey => 400,
+            | HandshakeError::BadKey
+            | HandshakeError::OldHttp
+            | HandshakeError::UpgradeWithBody => 400,
             HandshakeError::HeadTooLarge => 431,
             HandshakeError::MethodNotAllowed => 405,
             HandshakeError::UpgradeRequired | HandshakeError::BadVersion => 426,
@@ -130,6 +139,7 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
         target,
         keep_alive: http11,
         has_body: false,
+        http11,
         origin: None,
         upgrade: None,
         connection_upgrade: false,
@@ -175,6 +185,12 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<[u8; 28], HandshakeError> {
         return Err(HandshakeError::MethodNotAllowed);
     }
     let upgrade = req.upgrade.ok_or(HandshakeError::UpgradeRequired)?;
+    if !req.http11 {
+        return Err(HandshakeError::OldHttp);
+    }
+    if req.has_body {
+        return Err(HandshakeError::UpgradeWithBody);
+    }
     if !upgrade
         .split(|&b| b == b',')
         .map(trim)
@@ -195,6 +211,33 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<[u8; 28], HandshakeError> {
         _ => return Err(HandshakeError::BadKey),
     }
     Ok(accept_key(key))
+}
+
+/// The whole answer to a refused request: the status of `err`, the headers it calls for
+/// (`Sec-WebSocket-Version: 13` with 426, §4.4; `Allow` with 405), a one-line text body, and
+/// `Connection: close`.
+pub fn refusal(err: HandshakeError) -> Vec<u8> {
+    let status = err.status();
+    let reason = match status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    let extra = match err {
+        HandshakeError::BadVersion | HandshakeError::UpgradeRequired => {
+            "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+        }
+        HandshakeError::MethodNotAllowed => "Allow: GET\r\n",
+        _ => "",
+    };
+    let body = format!("{status} {reason}\n");
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// `base64(SHA-1(key ++ GUID))` (§4.2.2 step 5.4).
@@ -300,6 +343,9 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
         key_not_base64_400: "dGhlIHNhbXBsZSBub25jZQ==" => "!!!!!!!!!!!!!!!!!!!!!!==", HandshakeError::BadKey, 400;
         version_12_426: "Version: 13" => "Version: 12", HandshakeError::BadVersion, 426;
         missing_version_426: "Sec-WebSocket-Version: 13\r\n" => "", HandshakeError::BadVersion, 426;
+        http_1_0_upgrade_400: "HTTP/1.1" => "HTTP/1.0", HandshakeError::OldHttp, 400;
+        upgrade_with_content_length_400: "Host: x\r\n" => "Host: x\r\nContent-Length: 5\r\n", HandshakeError::UpgradeWithBody, 400;
+        upgrade_with_chunked_body_400: "Host: x\r\n" => "Host: x\r\nTransfer-Encoding: chunked\r\n", HandshakeError::UpgradeWithBody, 400;
     }
 
     #[test]

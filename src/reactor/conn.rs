@@ -3,58 +3,56 @@
 //! `Conn` is kept small because there may be tens of thousands: an idle open
 //! WebSocket owns no heap (empty `tail`, empty backlog, no message underway).
 //! Output for the current loop turn is not stored here but in the reactor's
-//! [`Cork`], one shared arena for all connections; only bytes a socket would
-//! not take go to the per-connection [`Backlog`].
+//! `Cork` (`cork.rs`), one shared arena for all connections; only
+//! bytes a socket would not take go to the per-connection [`Backlog`].
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 use mio::net::TcpStream;
 
-use crate::chat::{EventFrame, RoomKey};
+use crate::protocol::frame::SharedFrame;
 use crate::protocol::WebSocket;
 
 /// A slab key with the generation of its occupant, so a deadline or a chat
 /// membership that outlives its connection is recognised as stale after the
 /// slot is reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConnKey {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
     pub(crate) index: u32,
     pub(crate) gen: u32,
 }
 
 impl ConnKey {
-    pub(crate) fn member(self) -> crate::chat::MemberId {
-        crate::chat::MemberId(((self.gen as u64) << 32) | self.index as u64)
+    /// Both halves in one number (generation high, slot low), for services that keep connections
+    /// in their own tables.
+    pub fn to_u64(self) -> u64 {
+        ((self.gen as u64) << 32) | self.index as u64
     }
 
-    pub(crate) fn from_member(m: crate::chat::MemberId) -> ConnKey {
+    /// The inverse of [`ConnKey::to_u64`].
+    pub fn from_u64(v: u64) -> ConnKey {
         ConnKey {
-            index: m.0 as u32,
-            gen: (m.0 >> 32) as u32,
+            index: v as u32,
+            gen: (v >> 32) as u32,
         }
     }
-}
 
-/// What a WebSocket connection is attached to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Endpoint {
-    Echo,
-    Global,
-    Room(RoomKey),
-    /// Cluster mode: the room join is with the cluster bridge; the `welcome` comes with its answer,
-    /// and text frames wait (in the reactor's `Joining` entry) until then.
-    Joining,
+    /// The slab slot, for logs.
+    pub fn index(self) -> u32 {
+        self.index
+    }
 }
 
 /// The state of one connection. Deadlines are ticks of the timer wheel.
+/// `E` is what the service attaches an open WebSocket to.
 #[derive(Debug)]
-pub(crate) enum Phase {
+pub(crate) enum Phase<E> {
     /// Waiting for a complete HTTP request head (the first one, or the next
     /// one on a keep-alive connection); dropped at `deadline`.
     AwaitingRequest { deadline: u32 },
     /// An open WebSocket.
-    Open { ws: WebSocket, endpoint: Endpoint },
+    Open { ws: WebSocket, endpoint: E },
     /// We sent (or queued) Close: input is discarded until the peer's FIN,
     /// at most until `deadline` (5 s). `fin_sent`: our write side is shut.
     /// `peer`: the decoder, kept when we closed for a reason that left it in
@@ -77,7 +75,7 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub(crate) enum Chunk {
     Owned(Vec<u8>),
-    Shared(EventFrame),
+    Shared(SharedFrame),
 }
 
 impl Chunk {
@@ -188,7 +186,7 @@ impl Backlog {
 /// One `writev` (a single slice makes it a plain write): the bytes the
 /// socket took, 0 when it is full (`WouldBlock`). `Interrupted` is retried;
 /// a socket that takes nothing without blocking is an error.
-fn write_some(stream: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn write_some(stream: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
     loop {
         match stream.write_vectored(iov) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -203,11 +201,6 @@ fn write_some(stream: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> 
 /// "No node": the end of a cork list.
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// Slices per `writev`: enough for a busy turn's frames to one peer, and cheap to set up (the
-/// profile showed a 64-entry array costing more than the syscall's own user-space work); longer
-/// lists take more rounds.
-const IOV_BATCH: usize = 16;
-
 /// What a connection holds only while something is incomplete or unwritten.
 /// Boxed behind an `Option` so a connection with nothing pending (the
 /// normal case) pays one pointer for it and owns no heap.
@@ -220,38 +213,74 @@ pub(crate) struct Spill {
     backlog: Backlog,
 }
 
+/// Bits of [`Conn::flags`].
+pub(crate) mod flag {
+    /// A ping went out since the last frame in (heartbeat step one).
+    pub(crate) const PINGED: u8 = 1;
+    /// Its pending output is over the read budget's threshold: it is not read until that drains
+    /// (TCP backpressure instead of more queued output).
+    pub(crate) const PAUSED: u8 = 2;
+    /// On the reactor's ready list: read again next turn (its read budget ran out, or it was
+    /// paused and has drained).
+    pub(crate) const READY: u8 = 4;
+    /// The service asked to hear when its output has drained.
+    pub(crate) const DRAIN: u8 = 8;
+}
+
 /// One connection's slot in the slab.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub(crate) struct Conn<E> {
     pub(crate) stream: TcpStream,
     pub(crate) gen: u32,
-    /// Tick of the last frame received (heartbeat and idle timeout).
-    pub(crate) last_rx: u32,
+    /// Tick of the last progress. Open: the last frame received (heartbeat and idle timeout).
+    /// Other phases: the last bytes written, so that a large answer still moving to a slow reader
+    /// is not cut by a deadline (deadlines measure lack of progress, not elapsed time).
+    pub(crate) progress: u32,
     /// Due tick of this connection's live timer entry; other entries are stale.
     pub(crate) timer_due: u32,
     /// First and last node of this turn's output in the cork, or `NONE`.
     pub(crate) cork_head: u32,
     pub(crate) cork_tail: u32,
-    /// A ping went out since the last frame in (heartbeat step one).
-    pub(crate) pinged: bool,
-    pub(crate) phase: Phase,
+    /// Bytes in this turn's cork list. INVARIANT: 0 when `cork_head` is `NONE`.
+    pub(crate) corked: u32,
+    /// [`flag`] bits.
+    pub(crate) flags: u8,
+    pub(crate) phase: Phase<E>,
     spill: Option<Box<Spill>>,
 }
 
-impl Conn {
+impl<E> Conn<E> {
     /// A connection that has just been accepted.
-    pub(crate) fn new(stream: TcpStream, gen: u32, phase: Phase, tick: u32) -> Conn {
+    pub(crate) fn new(stream: TcpStream, gen: u32, phase: Phase<E>, tick: u32) -> Conn<E> {
         Conn {
             stream,
             gen,
-            last_rx: tick,
+            progress: tick,
             timer_due: 0,
             cork_head: NONE,
             cork_tail: NONE,
-            pinged: false,
+            corked: 0,
+            flags: 0,
             phase,
             spill: None,
         }
+    }
+
+    pub(crate) fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub(crate) fn set(&mut self, f: u8, on: bool) {
+        if on {
+            self.flags |= f;
+        } else {
+            self.flags &= !f;
+        }
+    }
+
+    /// Output queued and not yet written: this turn's and the backlog.
+    pub(crate) fn pending(&self) -> usize {
+        self.backlog_bytes() + self.corked as usize
     }
 
     pub(crate) fn key(&self, index: usize) -> ConnKey {
@@ -294,11 +323,21 @@ impl Conn {
         self.trim_spill();
     }
 
-    fn backlog_mut(&mut self) -> &mut Backlog {
+    /// Writes as much of the backlog as the socket takes; returns the bytes written.
+    pub(crate) fn write_backlog(&mut self) -> io::Result<usize> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(0);
+        };
+        let n = spill.backlog.write_to(&mut self.stream)?;
+        self.trim_spill();
+        Ok(n)
+    }
+
+    pub(crate) fn backlog_mut(&mut self) -> &mut Backlog {
         &mut self.spill.get_or_insert_with(Default::default).backlog
     }
 
-    fn trim_spill(&mut self) {
+    pub(crate) fn trim_spill(&mut self) {
         if self
             .spill
             .as_ref()
@@ -306,240 +345,6 @@ impl Conn {
         {
             self.spill = None;
         }
-    }
-}
-
-/// One turn's output for every connection, in buffers reused across turns:
-/// a broadcast frame is stored once in `shared` and linked into each
-/// recipient's list; frames for one peer (echo, pong, welcome) are copied
-/// back to back into `bytes`. At the end of the turn each dirty connection's
-/// list becomes one vectored write.
-#[derive(Debug, Default)]
-pub(crate) struct Cork {
-    pub(crate) shared: Vec<EventFrame>,
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) nodes: Vec<Node>,
-    /// Slab indices with a list this turn, each once.
-    pub(crate) dirty: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Node {
-    pub(crate) item: Item,
-    pub(crate) next: u32,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Item {
-    /// Index into `Cork::shared`.
-    Shared(u32),
-    /// A range of `Cork::bytes`.
-    Local { start: u32, len: u32 },
-}
-
-impl Cork {
-    pub(crate) fn item_bytes(&self, item: Item) -> &[u8] {
-        match item {
-            Item::Shared(i) => self.shared[i as usize].frame(),
-            Item::Local { start, len } => &self.bytes[start as usize..(start + len) as usize],
-        }
-    }
-
-    /// The bytes of the list starting at `node` when it holds exactly one item: the common fan-out
-    /// case, which `flush` writes with a plain `write` instead of building a vector.
-    pub(crate) fn lone(&self, node: u32) -> Option<&[u8]> {
-        if node == NONE {
-            return None;
-        }
-        let n = self.nodes[node as usize];
-        (n.next == NONE).then(|| self.item_bytes(n.item))
-    }
-
-    /// Fills `iov` from the list starting at `node`, the first item from its byte `skip` on, as far
-    /// as `iov` goes; returns how many slices were filled and the node after the last one taken
-    /// (`NONE` at the end of the list).
-    pub(crate) fn gather<'c>(
-        &'c self,
-        mut node: u32,
-        skip: usize,
-        iov: &mut [IoSlice<'c>; IOV_BATCH],
-    ) -> (usize, u32) {
-        let mut n_iov = 0;
-        while node != NONE && n_iov < iov.len() {
-            let n = self.nodes[node as usize];
-            let b = self.item_bytes(n.item);
-            iov[n_iov] = IoSlice::new(if n_iov == 0 { &b[skip..] } else { b });
-            n_iov += 1;
-            node = n.next;
-        }
-        (n_iov, node)
-    }
-
-    /// Appends `item` to `conn`'s list for this turn.
-    pub(crate) fn link(&mut self, index: u32, conn: &mut Conn, item: Item) {
-        self.link_at(index, &mut conn.cork_head, &mut conn.cork_tail, item);
-    }
-
-    /// Appends `item` to the list whose ends are `head` and `tail` (connection `index`'s).
-    fn link_at(&mut self, index: u32, head: &mut u32, tail: &mut u32, item: Item) {
-        let id = self.nodes.len() as u32;
-        self.nodes.push(Node { item, next: NONE });
-        if *head == NONE {
-            *head = id;
-            self.dirty.push(index);
-        } else {
-            self.nodes[*tail as usize].next = id;
-        }
-        *tail = id;
-    }
-
-    /// Forgets this turn, keeping capacity (but not a huge one-off buffer).
-    pub(crate) fn clear(&mut self) {
-        self.shared.clear();
-        self.nodes.clear();
-        self.dirty.clear();
-        self.bytes.clear();
-        // A burst (thousands of handshakes in one turn, a 16 MiB echo) must
-        // not leave its high-water mark behind: that would be paid for by
-        // every idle connection in the density figure.
-        const KEEP_BYTES: usize = 256 * 1024;
-        const KEEP_NODES: usize = 8 * 1024;
-        if self.bytes.capacity() > KEEP_BYTES {
-            self.bytes.shrink_to(KEEP_BYTES / 4);
-        }
-        if self.nodes.capacity() > KEEP_NODES {
-            self.nodes.shrink_to(KEEP_NODES / 4);
-        }
-        if self.dirty.capacity() > KEEP_NODES {
-            self.dirty.shrink_to(KEEP_NODES / 4);
-        }
-        if self.shared.capacity() > KEEP_NODES {
-            self.shared.shrink_to(KEEP_NODES / 4);
-        }
-    }
-}
-
-/// Writes `conn`'s backlog and then its cork list with as few `writev` calls
-/// as possible; whatever the socket does not take is moved to the backlog.
-/// Returns the bytes written.
-pub(crate) fn flush(conn: &mut Conn, cork: &Cork) -> io::Result<usize> {
-    let mut written = 0;
-    if conn.backlog_bytes() > 0 {
-        let Conn { stream, spill, .. } = conn;
-        let backlog = &mut spill.as_mut().expect("bug: backlog without spill").backlog;
-        written += backlog.write_to(stream)?;
-        conn.trim_spill();
-    }
-    let mut node = std::mem::replace(&mut conn.cork_head, NONE);
-    conn.cork_tail = NONE;
-    // Skipped when the backlog is still non-empty: order must be kept.
-    let mut skip = 0usize;
-    // The common case in fan-out: one frame for this peer this turn. A plain
-    // write spares building the vector below; a short one means the socket is full.
-    let mut full = false;
-    if let Some(bytes) = cork.lone(node).filter(|_| conn.backlog_bytes() == 0) {
-        let n = write_some(&mut conn.stream, &[IoSlice::new(bytes)])?;
-        written += n;
-        if n == bytes.len() {
-            node = NONE;
-        } else {
-            skip = n;
-            full = true;
-        }
-    }
-    while node != NONE && !full && conn.backlog_bytes() == 0 {
-        let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-        let (n_iov, cursor) = cork.gather(node, skip, &mut iov);
-        let mut n = match write_some(&mut conn.stream, &iov[..n_iov])? {
-            0 => break,
-            n => n,
-        };
-        written += n;
-        // Advance over what was written.
-        while n > 0 {
-            let left = cork.item_bytes(cork.nodes[node as usize].item).len() - skip;
-            if n >= left {
-                n -= left;
-                skip = 0;
-                node = cork.nodes[node as usize].next;
-            } else {
-                skip += n;
-                n = 0;
-            }
-        }
-        if cursor != NONE && node == cursor {
-            continue; // the whole batch went out; more nodes follow
-        }
-        if node != NONE {
-            break; // short write: the socket is full
-        }
-    }
-    // Keep what the socket did not take. A frame cut by a short write keeps
-    // its written prefix and an offset, so the backlog knows it is mid-frame.
-    while node != NONE {
-        let n = cork.nodes[node as usize];
-        let chunk = match n.item {
-            Item::Shared(i) => Chunk::Shared(cork.shared[i as usize].clone()),
-            item => Chunk::Owned(cork.item_bytes(item).to_vec()),
-        };
-        if skip > 0 {
-            conn.backlog_mut().push_started(chunk, skip);
-        } else {
-            conn.backlog_mut().push(chunk);
-        }
-        skip = 0;
-        node = n.next;
-    }
-    conn.trim_spill();
-    Ok(written)
-}
-
-/// Bench-only (`wisp::_benchable`): one turn of the broadcast path for `n` recipients, without
-/// sockets, so `benches/fanout.rs` can time what Wisp adds per recipient on top of the kernel.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct BenchFanout {
-    cork: Cork,
-    /// Each recipient's list ends, as `Conn::cork_head` / `cork_tail`.
-    lists: Vec<(u32, u32)>,
-}
-
-impl BenchFanout {
-    /// Lists for `recipients` connections.
-    pub fn new(recipients: usize) -> BenchFanout {
-        BenchFanout {
-            cork: Cork::default(),
-            lists: vec![(NONE, NONE); recipients],
-        }
-    }
-
-    /// Shares `event`'s frame once, links it into every recipient's list (as the reactor's
-    /// `broadcast`), then takes each list's bytes as [`flush`] does before its `write` (one frame)
-    /// or `writev` (several), and forgets the turn. Returns the bytes the writes would carry.
-    pub fn turn(&mut self, event: &EventFrame) -> usize {
-        self.cork.shared.push(event.clone());
-        let item = Item::Shared((self.cork.shared.len() - 1) as u32);
-        for (i, (head, tail)) in self.lists.iter_mut().enumerate() {
-            self.cork.link_at(i as u32, head, tail, item);
-        }
-        let mut total = 0;
-        for (head, tail) in &mut self.lists {
-            let node = std::mem::replace(head, NONE);
-            *tail = NONE;
-            // As in `flush`: a lone frame is written as it is, without a vector.
-            if let Some(bytes) = self.cork.lone(node) {
-                total += std::hint::black_box(bytes).len();
-                continue;
-            }
-            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-            let (n_iov, _) = self.cork.gather(node, 0, &mut iov);
-            total += std::hint::black_box(&iov[..n_iov])
-                .iter()
-                .map(|b| b.len())
-                .sum::<usize>();
-        }
-        self.cork.clear();
-        total
     }
 }
 
@@ -551,9 +356,9 @@ mod tests {
     #[test]
     fn an_idle_connection_is_small() {
         assert!(
-            std::mem::size_of::<Conn>() <= 80,
+            std::mem::size_of::<Conn<[u32; 3]>>() <= 80,
             "Conn is {} bytes",
-            std::mem::size_of::<Conn>()
+            std::mem::size_of::<Conn<[u32; 3]>>()
         );
         assert_eq!(std::mem::size_of::<WebSocket>(), 16);
     }

@@ -1,0 +1,435 @@
+//! The daemon's service: what runs on the reactor.
+//!
+//! Connects the transport's events to the chat, the HTTP answers and the cluster bridge, and turns
+//! what they decide into frames to send. It holds no socket and knows no bit layout: the reactor
+//! hands it decoded things through [`Service`](crate::reactor::Service) and takes back frames through [`Io`].
+//!
+//! - a request head → [`http::route`]; a plain route → [`http::answer`] over a read-only
+//!   [`http::View`]; a WebSocket route → the Origin check, then [`Answer::Upgrade`];
+//! - an upgrade through → join the global channel, a room (locally, or through the cluster: see
+//!   `cluster`), or the echo endpoint; `welcome` and the `join` broadcast;
+//! - a text message → [`Chat::post`] (or the cluster's post request) → one shared frame for every
+//!   member;
+//! - a connection gone → leave, and the `leave` broadcast;
+//! - a deadline → expiry of a room's or the global channel's history;
+//! - a wake-up → the bridge's notices, applied to the chat's replica (`cluster`).
+
+mod cluster;
+
+use std::net::IpAddr;
+
+use log::debug;
+
+use crate::chat::{
+    self, Chat, ChatConfig, Checked, EventFrame, GlobalPost, MemberId, Post, Resume, RoomKey,
+};
+use crate::config::Config;
+use crate::http::{self, Route};
+use crate::protocol::CloseCode;
+use crate::protocol::OpCode;
+use crate::reactor::{Answer, ConnKey, Departure, Io, KeepAlive, Message, Reactor, Service};
+use cluster::ClusterLink;
+
+/// What an open WebSocket is attached to.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    Echo,
+    Global,
+    Room(RoomKey),
+    /// Cluster mode: the room join is with the cluster bridge; the `welcome` comes with its answer,
+    /// and text frames wait (in the link's `Joining` entry) until then.
+    Joining,
+}
+
+/// A WebSocket route's parameters, from the request to the 101.
+#[derive(Debug)]
+pub enum Opening {
+    Echo,
+    Global,
+    Room {
+        /// Percent-decoded, not yet cleaned.
+        room: String,
+        client: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+}
+
+/// What one of the server's deadlines is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Timer {
+    /// When the oldest message of a room expires.
+    Room(RoomKey),
+    /// When the oldest message of the global channel expires.
+    Global,
+}
+
+/// The chat member a connection is.
+fn member(conn: ConnKey) -> MemberId {
+    MemberId(conn.to_u64())
+}
+
+fn conn_of(m: MemberId) -> ConnKey {
+    ConnKey::from_u64(m.0)
+}
+
+/// The daemon: chat, HTTP and cluster on one reactor.
+pub struct Server {
+    chat: Chat,
+    allowed_origins: Vec<String>,
+    echo: bool,
+    /// Cluster mode state; `None` without `--redis`.
+    cluster: Option<ClusterLink>,
+}
+
+/// A bound daemon, ready to serve.
+pub struct Daemon {
+    reactor: Reactor,
+    server: Server,
+}
+
+impl Daemon {
+    /// Binds the listener and sets up the chat (and the cluster bridge under `--redis`).
+    pub fn bind(cfg: Config) -> std::io::Result<Daemon> {
+        let reactor = Reactor::bind(&cfg)?;
+        let cluster = match &cfg.redis {
+            Some(url) => Some(ClusterLink::start(&cfg, url, reactor.waker()?)?),
+            None => None,
+        };
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let chat = Chat::new(
+            ChatConfig {
+                ttl_secs: cfg.history_ttl.as_secs(),
+                history_max: cfg.history_max,
+                rate_limit: cfg.rate_limit.map(|r| chat::RateLimit {
+                    tokens: r.tokens,
+                    per_secs: r.per_secs,
+                }),
+            },
+            wall ^ ((std::process::id() as u64) << 40),
+        );
+        Ok(Daemon {
+            reactor,
+            server: Server {
+                chat,
+                allowed_origins: cfg.allowed_origins,
+                echo: cfg.echo,
+                cluster,
+            },
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.reactor.local_addr()
+    }
+
+    /// Serves until SIGINT or SIGTERM (SPEC §6).
+    pub fn run(self) -> std::io::Result<()> {
+        self.reactor.run(self.server)
+    }
+}
+
+impl Service for Server {
+    type Endpoint = Endpoint;
+    type Opening = Opening;
+    type Timer = Timer;
+
+    fn handle_request(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        _peer: IpAddr,
+        req: &crate::protocol::handshake::Request<'_>,
+    ) -> Answer<Opening> {
+        let route = http::route(req.path(), req.query(), self.echo);
+        if route.is_websocket() {
+            if let Err(status) = http::check_origin(&self.allowed_origins, req.origin) {
+                io.metrics().handshake_failures += 1;
+                debug!(
+                    "refused upgrade on {}: origin {:?} not allowed",
+                    conn.index(),
+                    req.origin
+                );
+                return Answer::Respond(http::error_response(status, ""), KeepAlive::No);
+            }
+            return Answer::Upgrade(match route {
+                Route::Echo => Opening::Echo,
+                Route::Global => Opening::Global,
+                Route::Room {
+                    room,
+                    client,
+                    since,
+                    epoch,
+                } => Opening::Room {
+                    room: http::percent_decode(room).into_owned(),
+                    client: http::percent_decode(client).into_owned(),
+                    since,
+                    epoch,
+                },
+                _ => unreachable!("bug: not a WebSocket route"),
+            });
+        }
+        let (metrics, transport) = io.transport();
+        let view = http::View {
+            chat: &self.chat,
+            metrics,
+            transport,
+            uptime_s: io.uptime().as_secs(),
+            redis_up: self.cluster.as_ref().map(|c| c.up),
+            wall: io.wall(),
+            allowed_origins: &self.allowed_origins,
+        };
+        let bytes = http::answer(&route, req, &view);
+        let keep = if req.method == crate::protocol::handshake::Method::Other {
+            KeepAlive::No
+        } else {
+            KeepAlive::Yes
+        };
+        Answer::Respond(bytes, keep)
+    }
+
+    fn handle_open(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        _peer: IpAddr,
+        opening: Opening,
+    ) -> Endpoint {
+        let m = member(conn);
+        match opening {
+            Opening::Echo => Endpoint::Echo,
+            Opening::Global => {
+                self.chat.global_join(m, io.wall());
+                Endpoint::Global
+            }
+            Opening::Room {
+                room,
+                client,
+                since,
+                epoch,
+            } => {
+                if let Some(c) = self.cluster.as_mut().filter(|c| c.up) {
+                    // The cluster de-duplicates the name; `welcome` waits for its answer.
+                    c.begin_join(m, &room, &client, since, epoch);
+                    return Endpoint::Joining;
+                }
+                let joined = self.chat.join(
+                    &room,
+                    &client,
+                    m,
+                    Resume {
+                        since,
+                        epoch: epoch.as_deref(),
+                    },
+                    io.wall(),
+                );
+                io.send_text(conn, joined.welcome.as_bytes());
+                self.broadcast_room(io, joined.key, &joined.join_event, Some(m));
+                Endpoint::Room(joined.key)
+            }
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        endpoint: Endpoint,
+        message: Message<'_>,
+    ) -> Result<(), (CloseCode, &'static str)> {
+        match message {
+            Message::Text(text) => {
+                self.on_text(io, conn, endpoint, text);
+                Ok(())
+            }
+            Message::Binary(data) => match endpoint {
+                Endpoint::Echo => {
+                    io.send_frame(conn, OpCode::Binary, data);
+                    Ok(())
+                }
+                // SPEC §4.1, §4.4: binary messages are refused with 1003.
+                _ => Err((CloseCode::Unsupported, "binary messages are not accepted")),
+            },
+        }
+    }
+
+    fn handle_closed(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        endpoint: Endpoint,
+        why: Departure,
+    ) {
+        let m = member(conn);
+        match endpoint {
+            Endpoint::Echo => {}
+            Endpoint::Global => self.chat.global_leave(m),
+            Endpoint::Joining => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.cancel_join(m);
+                }
+            }
+            Endpoint::Room(room) => {
+                let event = self.chat.leave(room, m, io.wall());
+                let clustered = match self.cluster.as_ref() {
+                    Some(c) => {
+                        // At shutdown the bridge takes all our members out at once.
+                        if why == Departure::Left {
+                            c.send_leave(m);
+                        }
+                        c.up
+                    }
+                    None => false,
+                };
+                // In the cluster, the `leave` comes back on the feed, to every node alike.
+                if let (Some(event), Departure::Left, false) = (event, why, clustered) {
+                    self.broadcast_room(io, room, &event, None);
+                }
+            }
+        }
+    }
+
+    fn handle_timer(&mut self, io: &mut Io<'_, Self>, timer: Timer) {
+        match timer {
+            Timer::Room(room) => {
+                if let Some(next) = self.chat.expire_room(room, io.wall()) {
+                    io.arm_at(Timer::Room(room), next);
+                }
+            }
+            Timer::Global => {
+                if let Some(next) = self.chat.expire_global(io.wall()) {
+                    io.arm_at(Timer::Global, next);
+                }
+            }
+        }
+    }
+
+    fn handle_wake(&mut self, io: &mut Io<'_, Self>) {
+        let notices = match self.cluster.as_ref() {
+            Some(c) => c.drain(),
+            None => return,
+        };
+        for notice in notices {
+            self.on_notice(io, notice);
+        }
+    }
+
+    fn handle_drained(&mut self, _io: &mut Io<'_, Self>, _conn: ConnKey, _endpoint: Endpoint) {}
+
+    fn handle_exit(&mut self) {
+        if let Some(c) = self.cluster.take() {
+            c.shutdown();
+        }
+    }
+}
+
+impl Server {
+    /// Applies one text message from an open connection.
+    fn on_text(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, endpoint: Endpoint, text: &str) {
+        let m = member(conn);
+        let clustered = self.cluster.as_ref().is_some_and(|c| c.up);
+        match endpoint {
+            Endpoint::Echo => io.send_frame(conn, OpCode::Text, text.as_bytes()),
+            Endpoint::Global if clustered => match self.chat.global_admit(m, io.wall()) {
+                // Delivered, to the sender too, when it comes back on the feed.
+                Ok(()) => self.bridge_send(cluster::Request::GlobalPost {
+                    text: text.to_owned(),
+                }),
+                Err(error) => {
+                    debug!("rate limited {}", conn.index());
+                    io.send_text(conn, error.as_bytes());
+                }
+            },
+            Endpoint::Global => match self.chat.global_post(m, text, io.wall()) {
+                GlobalPost::Broadcast { frame, arm_expiry } => {
+                    self.broadcast_global(io, &frame);
+                    if let Some(due) = arm_expiry {
+                        io.arm_at(Timer::Global, due);
+                    }
+                }
+                GlobalPost::RateLimited { error } => {
+                    debug!("rate limited {}", conn.index());
+                    io.send_text(conn, error.as_bytes());
+                }
+            },
+            Endpoint::Room(room) if clustered => {
+                match self.chat.check_post(room, m, text, io.wall()) {
+                    Checked::Accept(content) => self.bridge_send(cluster::Request::Post {
+                        conn: m.0,
+                        content: content.into_owned(),
+                    }),
+                    Checked::Reply { error } => {
+                        debug!("chat error for {}: {error}", conn.index());
+                        io.send_text(conn, error.as_bytes());
+                    }
+                    Checked::Ignored => {}
+                }
+            }
+            Endpoint::Room(room) => {
+                let post = self.chat.post(room, m, text, io.wall());
+                self.apply_post(io, conn, room, post);
+            }
+            Endpoint::Joining => {
+                let refused = self
+                    .cluster
+                    .as_mut()
+                    .is_some_and(|c| !c.queue_while_joining(m, text));
+                if refused {
+                    io.metrics().rate_limited += 1;
+                    debug!("rate limited {} while joining", conn.index());
+                    let error = r#"{"type":"error","code":"rate_limited","message":"too many messages before welcome"}"#;
+                    io.send_text(conn, error.as_bytes());
+                }
+            }
+        }
+    }
+
+    fn apply_post(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, room: RoomKey, post: Post) {
+        match post {
+            Post::Broadcast { event, arm_expiry } => {
+                self.broadcast_room(io, room, &event, None);
+                if let Some(due) = arm_expiry {
+                    io.arm_at(Timer::Room(room), due);
+                }
+            }
+            Post::Reply { error } => {
+                debug!("chat error for {}: {error}", conn.index());
+                io.send_text(conn, error.as_bytes());
+            }
+            Post::Ignored => {}
+        }
+    }
+
+    /// Queues `event` once for every member of `room` (but `except`).
+    fn broadcast_room(
+        &self,
+        io: &mut Io<'_, Self>,
+        room: RoomKey,
+        event: &EventFrame,
+        except: Option<MemberId>,
+    ) {
+        let members = self.chat.room_members(room);
+        io.broadcast(
+            event,
+            members
+                .iter()
+                .filter(|&&m| Some(m) != except)
+                .map(|&m| conn_of(m)),
+        );
+    }
+
+    /// Queues `frame` once for every member of the global channel.
+    fn broadcast_global(&self, io: &mut Io<'_, Self>, frame: &EventFrame) {
+        let members = self.chat.global_members();
+        io.broadcast(frame, members.iter().map(|&m| conn_of(m)));
+    }
+
+    fn bridge_send(&self, req: cluster::Request) {
+        if let Some(c) = &self.cluster {
+            c.send(req);
+        }
+    }
+}
