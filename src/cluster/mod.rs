@@ -37,6 +37,8 @@
 //! `j|l|J|L\nepoch\nat\nnode:conn\nname` (upper case: a re-registration, which the node that made it
 //! ignores); `wisp:global` carries `seq\nat\ntext`; `wisp:hb` a heartbeat that keeps idle feeds talking.
 
+mod scripts;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +52,7 @@ use mio::Waker;
 use redis::{Client, Connection, RedisError, RedisResult, Value};
 
 use crate::chat::{ClusterImage, ClusterMessage, Micros, Origin, Presence, RoomImage};
+use scripts::{eval, is_noscript, Script, Scripts};
 
 /// How often the command thread refreshes this node's liveness key and sweeps dead nodes.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -305,237 +308,6 @@ impl Seed {
     }
 }
 
-// ---- Lua --------------------------------------------------------------------------------------
-
-/// Helpers shared by the scripts (each script is this prelude plus its body).
-const PRELUDE: &str = r#"
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
--- Integers as text: redis.call would print big numbers in %.14g.
-local function us(n) return string.format('%.0f', n) end
-local function ensure_epoch(room, fresh)
-  local meta = 'wisp:meta:' .. room
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    epoch = fresh
-    redis.call('DEL', 'wisp:hist:' .. room)
-    redis.call('HSET', meta, 'epoch', epoch, 'seq', '0', 'at', '0')
-  end
-  redis.call('SADD', 'wisp:rooms', room)
-  return epoch
-end
--- Removes member `field` of `room` and publishes its leave; 0 if it was not there, so a leave is
--- published once however many nodes sweep.
-local function leave(room, field, node, kind)
-  local members, names = 'wisp:members:' .. room, 'wisp:names:' .. room
-  local name = redis.call('HGET', members, field)
-  if not name then return 0 end
-  redis.call('HDEL', members, field)
-  if redis.call('HGET', names, name) == field then redis.call('HDEL', names, name) end
-  local meta = 'wisp:meta:' .. room
-  local epoch = redis.call('HGET', meta, 'epoch') or ''
-  if redis.call('HLEN', members) == 0 then
-    local left = redis.call('PTTL', 'wisp:hist:' .. room)
-    if left > 0 then
-      redis.call('PEXPIRE', meta, left)
-    else
-      redis.call('DEL', meta)
-      redis.call('SREM', 'wisp:rooms', room)
-    end
-  end
-  redis.call('PUBLISH', 'wisp:room:' .. room,
-    kind .. '\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
-  return 1
-end
-"#;
-
-/// ARGV: room, wanted, field, node, fresh epoch → {name, epoch}.
-const JOIN: &str = r#"
-local room, wanted, field, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local epoch = ensure_epoch(room, ARGV[5])
-redis.call('PERSIST', 'wisp:meta:' .. room)
-redis.call('SADD', 'wisp:noderooms:' .. node, room)
-local names = 'wisp:names:' .. room
-local name, n = wanted, 2
-while redis.call('HEXISTS', names, name) == 1 do
-  name = wanted .. '#' .. n
-  n = n + 1
-end
-redis.call('HSET', 'wisp:members:' .. room, field, name)
-redis.call('HSET', names, name, field)
-redis.call('PUBLISH', 'wisp:room:' .. room,
-  'j\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
-return {name, epoch}
-"#;
-
-/// ARGV: room, field, node → 0/1.
-const LEAVE: &str = r#"
-return leave(ARGV[1], ARGV[2], ARGV[3], 'l')
-"#;
-
-/// ARGV: room, client, content, ttl µs, history max, fresh epoch → id.
-const POST: &str = r#"
-local room, client, content = ARGV[1], ARGV[2], ARGV[3]
-local ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5])
-local epoch = ensure_epoch(room, ARGV[6])
-local meta, hist = 'wisp:meta:' .. room, 'wisp:hist:' .. room
-local now = now_us()
-local at = math.max(now, tonumber(redis.call('HGET', meta, 'at')) or 0)
-local id = redis.call('HINCRBY', meta, 'seq', 1)
-redis.call('HSET', meta, 'at', us(at))
-local body = us(id) .. '\n' .. us(at) .. '\n' .. client .. '\n' .. content
-local keep_ms = math.floor(ttl / 1000) + 1000
-if max > 0 then
-  redis.call('ZADD', hist, us(at), body)
-  redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
-  redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
-  redis.call('PEXPIRE', hist, keep_ms)
-end
-if redis.call('HLEN', 'wisp:members:' .. room) > 0 then
-  redis.call('PERSIST', meta)
-else
-  redis.call('PEXPIRE', meta, keep_ms)
-end
-redis.call('PUBLISH', 'wisp:room:' .. room, 'm\n' .. epoch .. '\n' .. body)
-return id
-"#;
-
-/// ARGV: text, ttl µs, history max → seq.
-const GLOBAL: &str = r#"
-local text, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = now_us()
-local at = math.max(now, tonumber(redis.call('GET', 'wisp:global:at')) or 0)
-redis.call('SET', 'wisp:global:at', us(at))
-local seq = redis.call('INCR', 'wisp:global:seq')
-local body = us(seq) .. '\n' .. us(at) .. '\n' .. text
-local hist = 'wisp:global:hist'
-if max > 0 then
-  redis.call('ZADD', hist, us(at), body)
-  redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
-  redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
-  redis.call('PEXPIRE', hist, math.floor(ttl / 1000) + 1000)
-end
-redis.call('PUBLISH', 'wisp:global', body)
-return seq
-"#;
-
-/// ARGV: node, node ttl ms. Refreshes our liveness, sweeps the members of dead nodes (publishing
-/// their leave), and publishes a heartbeat for every feed → members swept.
-const HEARTBEAT_SWEEP: &str = r#"
-local me = ARGV[1]
-redis.call('SET', 'wisp:node:' .. me, '1', 'PX', ARGV[2])
-redis.call('SADD', 'wisp:nodes', me)
-local swept = 0
-for _, node in ipairs(redis.call('SMEMBERS', 'wisp:nodes')) do
-  if redis.call('EXISTS', 'wisp:node:' .. node) == 0 then
-    local prefix = node .. ':'
-    for _, room in ipairs(redis.call('SMEMBERS', 'wisp:noderooms:' .. node)) do
-      for _, f in ipairs(redis.call('HKEYS', 'wisp:members:' .. room)) do
-        if string.sub(f, 1, #prefix) == prefix then swept = swept + leave(room, f, node, 'l') end
-      end
-    end
-    redis.call('DEL', 'wisp:noderooms:' .. node)
-    redis.call('SREM', 'wisp:nodes', node)
-  end
-end
-redis.call('PUBLISH', 'wisp:hb', me)
-return swept
-"#;
-
-/// ARGV: node, fresh epoch, then (room, field, name) per member. Registers our members (publishing
-/// `J` for those Redis had lost) and removes any other member of this node (publishing `L`) →
-/// {room, epoch, ...}.
-const SYNC: &str = r#"
-local node, fresh = ARGV[1], ARGV[2]
-local keep, epochs = {}, {}
-for i = 3, #ARGV, 3 do
-  local room, field, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  keep[room .. '\n' .. field] = true
-  local epoch = ensure_epoch(room, fresh)
-  redis.call('PERSIST', 'wisp:meta:' .. room)
-  redis.call('SADD', 'wisp:noderooms:' .. node, room)
-  if redis.call('HSETNX', 'wisp:members:' .. room, field, name) == 1 then
-    redis.call('HSETNX', 'wisp:names:' .. room, name, field)
-    redis.call('PUBLISH', 'wisp:room:' .. room,
-      'J\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
-  end
-  epochs[#epochs + 1] = room
-  epochs[#epochs + 1] = epoch
-end
-local prefix = node .. ':'
-for _, room in ipairs(redis.call('SMEMBERS', 'wisp:noderooms:' .. node)) do
-  for _, f in ipairs(redis.call('HKEYS', 'wisp:members:' .. room)) do
-    if string.sub(f, 1, #prefix) == prefix and not keep[room .. '\n' .. f] then
-      leave(room, f, node, 'L')
-    end
-  end
-end
-return epochs
-"#;
-
-/// ARGV: node. This node stops: its members leave (published), its keys go.
-const BYE: &str = r#"
-local node = ARGV[1]
-local prefix = node .. ':'
-for _, room in ipairs(redis.call('SMEMBERS', 'wisp:noderooms:' .. node)) do
-  for _, f in ipairs(redis.call('HKEYS', 'wisp:members:' .. room)) do
-    if string.sub(f, 1, #prefix) == prefix then leave(room, f, node, 'l') end
-  end
-end
-redis.call('DEL', 'wisp:noderooms:' .. node, 'wisp:node:' .. node)
-redis.call('SREM', 'wisp:nodes', node)
-return 1
-"#;
-
-/// ARGV: ttl µs → {{room, epoch, seq, {body...}, {field, name, ...}}...}, {global body...}, global seq.
-/// One script, so the image is one point in the stream of published events.
-const IMAGE: &str = r#"
-local cut = '(' .. us(now_us() - tonumber(ARGV[1]))
-local rooms = {}
-for _, room in ipairs(redis.call('SMEMBERS', 'wisp:rooms')) do
-  local meta, members = 'wisp:meta:' .. room, 'wisp:members:' .. room
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if epoch or redis.call('HLEN', members) > 0 then
-    rooms[#rooms + 1] = {room, epoch or '', redis.call('HGET', meta, 'seq') or '0',
-      redis.call('ZRANGEBYSCORE', 'wisp:hist:' .. room, cut, '+inf'),
-      redis.call('HGETALL', members)}
-  else
-    redis.call('SREM', 'wisp:rooms', room)
-  end
-end
-return {rooms, redis.call('ZRANGEBYSCORE', 'wisp:global:hist', cut, '+inf'),
-  redis.call('GET', 'wisp:global:seq') or '0'}
-"#;
-
-/// A script: its full source and SHA-1 (for `EVALSHA`).
-struct Script {
-    source: String,
-    sha: String,
-}
-
-impl Script {
-    fn new(body: &str) -> Script {
-        let source = format!("{PRELUDE}{body}");
-        let sha = sha1_smol::Sha1::from(source.as_bytes())
-            .digest()
-            .to_string();
-        Script { source, sha }
-    }
-
-    /// The `EVALSHA` command; [`eval`] falls back to `EVAL` when Redis lacks the script.
-    fn cmd(&self) -> redis::Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(&self.sha).arg(0);
-        c
-    }
-}
-
-fn is_noscript(e: &RedisError) -> bool {
-    e.code() == Some("NOSCRIPT")
-}
-
 /// Whether `e` means the connection is unusable (as opposed to a script refusing its input).
 fn is_link_error(e: &RedisError) -> bool {
     e.is_io_error()
@@ -546,51 +318,6 @@ fn is_link_error(e: &RedisError) -> bool {
             e.code(),
             Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY")
         )
-}
-
-/// Runs `script` with `args`, loading it first if Redis does not have it (a restarted Redis).
-fn eval<A: redis::ToRedisArgs>(
-    con: &mut Connection,
-    script: &Script,
-    args: A,
-) -> RedisResult<Value> {
-    let mut c = script.cmd();
-    c.arg(&args);
-    match c.query(con) {
-        Err(e) if is_noscript(&e) => redis::cmd("EVAL")
-            .arg(&script.source)
-            .arg(0)
-            .arg(args)
-            .query(con),
-        other => other,
-    }
-}
-
-struct Scripts {
-    join: Script,
-    leave: Script,
-    post: Script,
-    global: Script,
-    heartbeat: Script,
-    sync: Script,
-    bye: Script,
-    image: Script,
-}
-
-impl Scripts {
-    fn get() -> &'static Scripts {
-        static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
-        SCRIPTS.get_or_init(|| Scripts {
-            join: Script::new(JOIN),
-            leave: Script::new(LEAVE),
-            post: Script::new(POST),
-            global: Script::new(GLOBAL),
-            heartbeat: Script::new(HEARTBEAT_SWEEP),
-            sync: Script::new(SYNC),
-            bye: Script::new(BYE),
-            image: Script::new(IMAGE),
-        })
-    }
 }
 
 // ---- the command thread -----------------------------------------------------------------------
