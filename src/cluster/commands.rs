@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error};
 use redis::{Client, Connection, RedisError, RedisResult, Value};
 
+use super::keys;
 use super::parse::strings;
 use super::scripts::{eval, is_noscript, Script, Scripts};
 use super::seed::Seed;
@@ -184,7 +185,7 @@ impl Commands {
     }
 
     fn field(&self, conn: u64) -> String {
-        format!("{}:{conn}", self.node)
+        keys::member_field(&self.node, conn)
     }
 
     fn handle(&mut self, req: Request) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use log::debug;
 use redis::{Client, RedisResult};
 
+use super::keys::{GLOBAL_CHANNEL, HEARTBEAT_CHANNEL, ROOM_CHANNELS};
 use super::parse::{parse_event, parse_image};
 use super::scripts::{eval, Scripts};
 use super::{Notice, Request, Shared, ToReactor};
@@ -96,8 +97,8 @@ impl Feed {
         let id: u64 = redis::cmd("CLIENT").arg("ID").query(&mut con)?;
         con.set_read_timeout(Some(FEED_SILENCE))?;
         let mut sub = con.as_pubsub();
-        sub.psubscribe("wisp:room:*")?;
-        sub.subscribe(&["wisp:global", "wisp:hb"][..])?;
+        sub.psubscribe(ROOM_CHANNELS)?;
+        sub.subscribe(&[GLOBAL_CHANNEL, HEARTBEAT_CHANNEL][..])?;
         // Subscribed: everything published from now on reaches us, so an image read now, followed
         // by the events, misses nothing (repeats are dropped by id or are idempotent).
         let gen = self.shared.feed_gen.fetch_add(1, Ordering::AcqRel) + 1;

@@ -20,25 +20,24 @@
 //! moment the replica (see `chat::replica`) is in sync. Losing either link sends the reactor back to
 //! serving locally; both threads reconnect by themselves with backoff.
 //!
-//! # Keys (room names are cleaned: no control characters, no `/`)
+//! What it leaves to others: client sockets, the loop and when to send what are the reactor's, which
+//! sees the bridge only as [`Bridge`] (a channel each way and the waker); what a notice means for
+//! rooms, names and history is the chat's (`chat::replica`).
 //!
-//! | key | type | what |
-//! |---|---|---|
-//! | `wisp:meta:{room}` | hash | `epoch`, `seq` (last id), `at` (last timestamp µs); lives while the room has members or history |
-//! | `wisp:hist:{room}` | zset | message bodies `id\nat\nclient\ncontent`, score = timestamp µs; trimmed by TTL and `--history-max` |
-//! | `wisp:members:{room}` | hash | `node:conn` → name |
-//! | `wisp:names:{room}` | hash | name → `node:conn`, for de-duplication |
-//! | `wisp:rooms` | set | room names, for the image |
-//! | `wisp:node:{node}` | string | liveness, expires `NODE_TTL` after the last heartbeat |
-//! | `wisp:nodes`, `wisp:noderooms:{node}` | sets | nodes, and the rooms each has members in, for sweeping |
-//! | `wisp:global:hist`, `wisp:global:seq`, `wisp:global:at` | zset, counters | the global channel |
+//! # Layout
 //!
-//! Channels: `wisp:room:{room}` carries `m\nepoch\nid\nat\nclient\ncontent` and
-//! `j|l|J|L\nepoch\nat\nnode:conn\nname` (upper case: a re-registration, which the node that made it
-//! ignores); `wisp:global` carries `seq\nat\ntext`; `wisp:hb` a heartbeat that keeps idle feeds talking.
+//! - `mod.rs`: the interface ([`start`], [`Settings`], [`Bridge`], [`Request`], [`Notice`]) and
+//!   what the two threads share.
+//! - `commands`: the command thread.
+//! - `feed`: the feed thread.
+//! - `scripts`: the Lua scripts, one `scripts/*.lua` file each, and how they are run.
+//! - `keys`: the key and channel layout in Redis.
+//! - `parse`: what Redis sends, read back into notices and the image.
+//! - `seed`: node ids and fresh room epochs.
 
 mod commands;
 mod feed;
+mod keys;
 mod parse;
 mod scripts;
 mod seed;

@@ -1,9 +1,10 @@
 //! What Redis sends, read back: a published event on the feed into a [`Notice`], the image
 //! script's reply into a [`ClusterImage`], and the small readers of script replies the command
-//! thread uses too. Nothing here talks to Redis.
+//! thread uses too. Formats are those of `keys`; nothing here talks to Redis.
 
 use redis::Value;
 
+use super::keys::{self, GLOBAL_CHANNEL, ROOM_CHANNEL_PREFIX};
 use super::Notice;
 use crate::chat::{ClusterImage, ClusterMessage, Micros, Origin, Presence, RoomImage};
 
@@ -71,7 +72,7 @@ pub(super) fn parse_image(v: &Value, me: &str) -> ClusterImage {
             let members = strings(&f[4]).unwrap_or_default();
             let remote = members
                 .chunks_exact(2)
-                .filter(|p| !p[0].starts_with(&format!("{me}:")))
+                .filter(|p| !p[0].starts_with(&keys::node_prefix(me)))
                 .map(|p| p[1].clone())
                 .collect();
             image.rooms.push(RoomImage {
@@ -100,11 +101,11 @@ pub(super) fn parse_image(v: &Value, me: &str) -> ClusterImage {
 /// One published event → a notice; `None` for heartbeats and anything malformed.
 pub(super) fn parse_event(channel: &str, payload: &[u8], me: &str) -> Option<Notice> {
     let payload = std::str::from_utf8(payload).ok()?;
-    if channel == "wisp:global" {
+    if channel == GLOBAL_CHANNEL {
         let (seq, at, text) = parse_global(payload)?;
         return Some(Notice::Global { seq, at, text });
     }
-    let room = channel.strip_prefix("wisp:room:")?.to_owned();
+    let room = channel.strip_prefix(ROOM_CHANNEL_PREFIX)?.to_owned();
     let (kind, rest) = payload.split_once('\n')?;
     let (epoch, rest) = rest.split_once('\n')?;
     let epoch = epoch.to_owned();
@@ -121,8 +122,7 @@ pub(super) fn parse_event(channel: &str, payload: &[u8], me: &str) -> Option<Not
     };
     let mut parts = rest.splitn(3, '\n');
     let at = parts.next()?.parse().ok()?;
-    let (node, conn) = parts.next()?.split_once(':')?;
-    let conn = conn.parse().ok()?;
+    let (node, conn) = keys::split_member_field(parts.next()?)?;
     let name = parts.next()?.to_owned();
     let origin = if node == me {
         Origin::Here
