@@ -25,33 +25,15 @@ const FEED_SILENCE: Duration = Duration::from_secs(5);
 
 pub(super) struct Feed {
     /// For [`Request::Check`] only.
-    req: Sender<Request>,
-    client: Client,
-    ttl_us: u64,
-    node: String,
-    shared: Arc<Shared>,
-    out: ToReactor,
+    pub(super) req: Sender<Request>,
+    pub(super) client: Client,
+    pub(super) ttl_us: u64,
+    pub(super) node: String,
+    pub(super) shared: Arc<Shared>,
+    pub(super) out: ToReactor,
 }
 
 impl Feed {
-    pub(super) fn new(
-        req: Sender<Request>,
-        client: Client,
-        ttl_us: u64,
-        node: String,
-        shared: Arc<Shared>,
-        out: ToReactor,
-    ) -> Feed {
-        Feed {
-            req,
-            client,
-            ttl_us,
-            node,
-            shared,
-            out,
-        }
-    }
-
     pub(super) fn run(self) {
         let mut backoff = BACKOFF_MIN;
         loop {

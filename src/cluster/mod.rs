@@ -211,14 +211,14 @@ pub(crate) fn start(settings: Settings, waker: Waker) -> io::Result<Bridge> {
     let shared = Arc::new(Shared::default());
     let mut seed = Seed::new();
     let node = format!("{:016x}", seed.next());
-    let feed = Feed::new(
-        req_tx.clone(),
-        client.clone(),
-        settings.ttl.as_micros() as u64,
-        node.clone(),
-        Arc::clone(&shared),
-        out.clone(),
-    );
+    let feed = Feed {
+        req: req_tx.clone(),
+        client: client.clone(),
+        ttl_us: settings.ttl.as_micros() as u64,
+        node: node.clone(),
+        shared: Arc::clone(&shared),
+        out: out.clone(),
+    };
     thread::Builder::new()
         .name("wisp-redis-feed".into())
         .spawn(move || feed.run())?;
