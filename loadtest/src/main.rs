@@ -9,12 +9,15 @@
 //! - `coord`: one process, or `--procs N` children of this same binary that
 //!   connect, report `READY`, run on `GO`, print their tally and wait for
 //!   `EXIT`; the parent samples the server and merges.
+//! - `ctx`: what a scenario needs from whoever runs it: its share of the
+//!   connections, the nonce, the measured window (a shard's side of `coord`).
 //! - `report`: tallies (mergeable), the report, its table and JSON.
 //! - `svg`: the latency CDF chart; `compare`: the table across servers.
 //! - `sys`: the monotonic clock and `/proc` (server CPU and RSS).
 
 mod compare;
 mod coord;
+mod ctx;
 mod engine;
 mod report;
 mod scenarios;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::Args;
 use wisp::protocol::OpCode;
 
-use crate::coord::Ctx;
+use crate::ctx::Ctx;
 use crate::engine::{ConnId, Engine, Note};
 use crate::report::{Report, Tally};
 use crate::sys::now_ns;
