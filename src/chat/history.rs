@@ -273,15 +273,17 @@ impl RoomHistory {
     ) -> Recovery {
         let whole = self.timeline.live_start(now, ttl);
         match (since, epoch) {
+            // Ids from another epoch mean nothing here: the sequence started over. This wins even when
+            // `since` is absent (or was not a number): a client that names an epoch had messages from
+            // it, and some may be gone.
+            (_, Some(e)) if e != current_epoch => Recovery {
+                start: whole,
+                recovered: false,
+            },
             // A plain join asked for nothing, so nothing can be missing.
             (None, _) => Recovery {
                 start: whole,
                 recovered: true,
-            },
-            // Ids from another epoch mean nothing here: the sequence started over.
-            (Some(_), Some(e)) if e != current_epoch => Recovery {
-                start: whole,
-                recovered: false,
             },
             // Same epoch, but the missed messages are partly gone: give all we have and say so.
             (Some(since), Some(_)) if self.has_gap_after(since, now, ttl) => Recovery {
@@ -437,7 +439,8 @@ mod tests {
         };
         let late = 1 + TTL; // ids 1 and 2 expired
         assert_eq!(r(None, None, 10), (vec![1, 2, 3, 4, 5], true));
-        assert_eq!(r(None, Some("old"), 10), (vec![1, 2, 3, 4, 5], true));
+        assert_eq!(r(None, Some("old"), 10), (vec![1, 2, 3, 4, 5], false));
+        assert_eq!(r(None, Some("E"), 10), (vec![1, 2, 3, 4, 5], true));
         assert_eq!(r(None, None, late), (vec![3, 4, 5], true));
         assert_eq!(r(Some(3), None, 10), (vec![4, 5], true));
         assert_eq!(r(Some(1), None, late), (vec![3, 4, 5], false));

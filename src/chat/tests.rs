@@ -468,8 +468,13 @@ fn recovery_table() {
         got(resume(&mut c, 1, None, None, now)),
         (vec![1, 2, 3, 4, 5], true)
     );
+    // An epoch that is not the room's wins, even without a `since` (absent, or not a number).
     assert_eq!(
         got(resume(&mut c, 1, None, Some("other"), now)),
+        (vec![1, 2, 3, 4, 5], false)
+    );
+    assert_eq!(
+        got(resume(&mut c, 1, None, Some(&e), now)),
         (vec![1, 2, 3, 4, 5], true)
     );
     assert_eq!(
