@@ -110,6 +110,9 @@ struct Core {
     local: SocketAddr,
     /// Cluster mode state; `None` without `--redis`.
     cluster: Option<Cluster>,
+    /// Room members whose `welcome` history was cut: their room and the last message id sent. The
+    /// rest goes out as their socket drains (`pump_catch_up`); live `message` broadcasts skip them.
+    catching_up: HashMap<MemberId, (RoomKey, u64)>,
 }
 
 /// Cluster mode: the bridge and what the reactor knows of the links.
@@ -198,7 +201,13 @@ impl Reactor {
             ChatConfig {
                 ttl_secs: cfg.history_ttl.as_secs(),
                 history_max: cfg.history_max,
+                history_max_bytes: cfg.history_max_bytes,
+                welcome_history_bytes: cfg.welcome_history_bytes,
                 rate_limit: cfg.rate_limit.map(|r| chat::RateLimit {
+                    tokens: r.tokens,
+                    per_secs: r.per_secs,
+                }),
+                rate_limit_per_ip: cfg.rate_limit_per_ip.map(|r| chat::RateLimit {
                     tokens: r.tokens,
                     per_secs: r.per_secs,
                 }),
@@ -228,6 +237,7 @@ impl Reactor {
             local,
             cfg,
             cluster,
+            catching_up: HashMap::new(),
         };
         core.arm_housekeeping();
         Ok(Reactor {
@@ -671,16 +681,18 @@ impl Core {
                     body.as_bytes(),
                 )
             }
-            Route::Messages => {
-                body = self.chat.messages_json(self.wall);
+            Route::Messages { limit } => {
+                body = self.chat.messages_json(*limit, self.wall);
                 (200, JSON, body.as_bytes())
             }
             Route::Rooms => {
                 body = self.chat.rooms_json(self.wall);
                 (200, JSON, body.as_bytes())
             }
-            Route::RoomMessages { room, since } => {
-                body = self.chat.room_messages_json(room, *since, self.wall);
+            Route::RoomMessages { room, since, limit } => {
+                body = self
+                    .chat
+                    .room_messages_json(room, *since, *limit, self.wall);
                 (200, JSON, body.as_bytes())
             }
             _ => {
@@ -735,6 +747,8 @@ impl Core {
             websockets_active: self.websockets,
             rooms_active: counts.rooms,
             history_messages: counts.history_messages,
+            history_bytes: counts.history_bytes,
+            history_dropped: self.chat.history_dropped_total(),
             messages_expired: self.chat.expired_total(),
             rate_limited: self.chat.rate_limited_total(),
             uptime_s: self.now.duration_since(self.started).as_secs(),
@@ -749,7 +763,8 @@ impl Core {
         let endpoint = match route {
             Route::Echo => Endpoint::Echo,
             Route::Global => {
-                self.chat.global_join(member, self.wall);
+                let ip = self.peer_ip(key);
+                self.chat.global_join(member, ip, self.wall);
                 Endpoint::Global
             }
             Route::Room {
@@ -781,10 +796,12 @@ impl Core {
                     Endpoint::Joining
                 }
                 None => {
+                    let ip = self.peer_ip(key);
                     let joined = self.chat.join(
                         &http::percent_decode(room),
                         &http::percent_decode(client),
                         member,
+                        ip,
                         Resume {
                             since,
                             epoch: epoch.as_deref(),
@@ -792,6 +809,7 @@ impl Core {
                         self.wall,
                     );
                     self.send_text_local(key, joined.welcome.as_bytes());
+                    self.start_catch_up(member, joined.key, joined.catch_up);
                     let frame = self.share(&joined.join_event);
                     self.broadcast_room(joined.key, frame, Some(member));
                     Endpoint::Room(joined.key)
@@ -914,10 +932,11 @@ impl Core {
                 Ok(()) => self.bridge_send(Request::GlobalPost {
                     text: text.to_owned(),
                 }),
-                Err(error) => {
+                Err(Some(error)) => {
                     debug!("rate limited {}", key.index);
                     self.send_text_local(key, error.as_bytes());
                 }
+                Err(None) => {}
             },
             Endpoint::Global => match self.chat.global_post(member, text, self.wall) {
                 GlobalPost::Broadcast { frame, arm_expiry } => {
@@ -931,6 +950,7 @@ impl Core {
                     debug!("rate limited {}", key.index);
                     self.send_text_local(key, error.as_bytes());
                 }
+                GlobalPost::Dropped => {}
             },
             Endpoint::Room(room) if clustered => {
                 match self.chat.check_post(room, member, text, self.wall) {
@@ -975,7 +995,7 @@ impl Core {
         match post {
             Post::Broadcast { event, arm_expiry } => {
                 let frame = self.share(&event);
-                self.broadcast_room(room, frame, None);
+                self.broadcast_room_message(room, frame);
                 if let Some(due) = arm_expiry {
                     self.arm_expiry(Deadline::Room(room), due);
                 }
@@ -1036,7 +1056,7 @@ impl Core {
             Notice::Message { room, epoch, msg } if up => {
                 if let Some((key, event, arm)) = self.chat.cluster_message(&room, &epoch, &msg) {
                     let frame = self.share(&event);
-                    self.broadcast_room(key, frame, None);
+                    self.broadcast_room_message(key, frame);
                     if let Some(due) = arm {
                         self.arm_expiry(Deadline::Room(key), due);
                     }
@@ -1223,19 +1243,24 @@ impl Core {
             epoch: j.epoch.as_deref(),
         };
         let up = self.cluster.as_ref().is_some_and(|c| c.up);
+        let ip = self.peer_ip(key);
         let room = match answer {
             Some((name, epoch)) if up => {
                 let joined = self
                     .chat
-                    .cluster_join(&j.room, &name, &epoch, member, resume, self.wall);
+                    .cluster_join(&j.room, &name, &epoch, member, ip, resume, self.wall);
                 self.send_text_local(key, joined.welcome.as_bytes());
+                self.start_catch_up(member, joined.key, joined.catch_up);
                 joined.key
             }
             // Serving locally: a local join (local epoch), under the cluster's name if it gave one.
             answer => {
                 let name = answer.map_or(j.wanted, |(name, _)| name);
-                let joined = self.chat.join(&j.room, &name, member, resume, self.wall);
+                let joined = self
+                    .chat
+                    .join(&j.room, &name, member, ip, resume, self.wall);
                 self.send_text_local(key, joined.welcome.as_bytes());
+                self.start_catch_up(member, joined.key, joined.catch_up);
                 let frame = self.share(&joined.join_event);
                 self.broadcast_room(joined.key, frame, Some(member));
                 joined.key
@@ -1301,6 +1326,7 @@ impl Core {
                 }
             }
             Endpoint::Room(room) => {
+                self.catching_up.remove(&key.member());
                 let event = self.chat.leave(room, key.member(), self.wall);
                 let clustered = match &self.cluster {
                     Some(c) => {
@@ -1394,7 +1420,70 @@ impl Core {
             members,
             frame,
             except,
+            None,
         );
+    }
+
+    /// A room's `message` event, for every member but those still catching up on the history (it is
+    /// in the history, so they get it in order from there).
+    fn broadcast_room_message(&mut self, room: RoomKey, frame: u32) {
+        let members = self.chat.room_members(room);
+        let skip = (!self.catching_up.is_empty()).then_some(&self.catching_up);
+        broadcast(
+            &mut self.conns,
+            &mut self.cork,
+            &mut self.metrics,
+            members,
+            frame,
+            None,
+            skip,
+        );
+    }
+
+    /// After a `welcome` whose history was cut after message `after`: the rest follows as the
+    /// joiner's socket drains.
+    fn start_catch_up(&mut self, member: MemberId, room: RoomKey, after: Option<u64>) {
+        if let Some(after) = after {
+            self.catching_up.insert(member, (room, after));
+        }
+    }
+
+    /// Queues the next part of a catching-up member's history (at most `welcome_history_bytes`, so
+    /// never near `--max-outbound-bytes`); called when its socket has taken everything before.
+    fn pump_catch_up(&mut self, key: ConnKey) {
+        let member = key.member();
+        let Some(&(room, after)) = self.catching_up.get(&member) else {
+            return;
+        };
+        let part = self
+            .chat
+            .catch_up(room, after, self.cfg.welcome_history_bytes, self.wall);
+        match part.next {
+            Some(next) => self.catching_up.insert(member, (room, next)),
+            None => self.catching_up.remove(&member),
+        };
+        for event in &part.frames {
+            let frame = self.share(event);
+            if let Some(c) = self.conns.get_mut(key.index as usize) {
+                self.cork.link(key.index, c, Item::Shared(frame));
+                self.metrics.messages_sent += 1;
+            }
+        }
+    }
+
+    /// The peer address of `key`'s connection, for the chat's per-address rate limit (an IPv4 peer
+    /// of an IPv6 listener as IPv4). A peer already gone counts as the unspecified address.
+    fn peer_ip(&self, key: ConnKey) -> IpAddr {
+        self.ip_of
+            .get(&key.index)
+            .copied()
+            .or_else(|| {
+                let c = self.conns.get(key.index as usize)?;
+                c.stream.peer_addr().ok().map(|a| a.ip())
+            })
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |ip| {
+                ip.to_canonical()
+            })
     }
 
     fn broadcast_global(&mut self, frame: u32) {
@@ -1405,6 +1494,7 @@ impl Core {
             &mut self.metrics,
             members,
             frame,
+            None,
             None,
         );
     }
@@ -1461,6 +1551,9 @@ impl Core {
                 self.fail(key, CloseCode::Policy, "slow consumer", Leave::Announce);
                 // The close frame is in the cork: write it now if the socket allows.
                 self.flush_one(key);
+            }
+            Phase::Open { .. } if c.backlog_bytes() == 0 && !self.catching_up.is_empty() => {
+                self.pump_catch_up(key);
             }
             Phase::Finishing { .. } if c.backlog_bytes() == 0 => self.doomed.push(key),
             Phase::ClosingByUs {
@@ -1616,7 +1709,8 @@ enum Stop {
     Echoed,
 }
 
-/// Links one shared frame into every member's list (one node per member, no copy).
+/// Links one shared frame into every member's list (one node per member, no copy), but for
+/// `except` and the members in `skip`.
 fn broadcast(
     conns: &mut Slab<Conn>,
     cork: &mut Cork,
@@ -1624,9 +1718,10 @@ fn broadcast(
     members: &[chat::MemberId],
     frame: u32,
     except: Option<chat::MemberId>,
+    skip: Option<&HashMap<MemberId, (RoomKey, u64)>>,
 ) {
     for &m in members {
-        if Some(m) == except {
+        if Some(m) == except || skip.is_some_and(|s| s.contains_key(&m)) {
             continue;
         }
         let key = ConnKey::from_member(m);
