@@ -33,11 +33,21 @@ fn chat_with_member(history_max: usize) -> (Chat, RoomKey, MemberId) {
     let cfg = ChatConfig {
         ttl_secs: TTL_SECS,
         history_max,
+        history_max_bytes: 64 << 20,
+        welcome_history_bytes: 256 << 10,
         rate_limit: None,
+        rate_limit_per_ip: None,
     };
     let mut chat = Chat::new(cfg, 42);
     let m = MemberId(1);
-    let joined = chat.join("general", "alice", m, Resume::default(), T0);
+    let joined = chat.join(
+        "general",
+        "alice",
+        m,
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        Resume::default(),
+        T0,
+    );
     (chat, joined.key, m)
 }
 

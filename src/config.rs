@@ -57,6 +57,15 @@ pub struct ServeArgs {
     /// Most messages kept per room (oldest dropped first).
     #[arg(long, env = "WISP_HISTORY_MAX", default_value_t = 1000, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub history_max: u64,
+    /// Most bytes held by all histories together (every room and the global channel); the oldest
+    /// messages, whatever their room, are dropped first. Default 64 MiB: sized for a small VM (1 GiB),
+    /// where history is then bounded whatever the number of rooms.
+    #[arg(long, env = "WISP_HISTORY_MAX_BYTES", default_value_t = 64 << 20, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range((64 << 10)..=(1 << 40)))]
+    pub history_max_bytes: u64,
+    /// Most bytes of history in a `welcome`; the rest follows as `message` events as the client reads.
+    /// Default 256 KiB: a quarter of --max-outbound-bytes, so a joiner is never a slow consumer.
+    #[arg(long, env = "WISP_WELCOME_HISTORY_BYTES", default_value_t = 256 << 10, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    pub welcome_history_bytes: u64,
     /// Seconds of silence after which the server pings a peer.
     #[arg(long, env = "WISP_PING_INTERVAL", default_value_t = 30, value_name = "SECS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub ping_interval: u64,
@@ -84,9 +93,16 @@ pub struct ServeArgs {
     /// Output pending for one peer beyond this closes it with 1008 (slow consumer).
     #[arg(long, env = "WISP_MAX_OUTBOUND_BYTES", default_value_t = 1_048_576, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
     pub max_outbound_bytes: u64,
-    /// Chat messages one connection may send per window, `N/SECS`; `0` turns it off.
+    /// Chat messages one connection may send per window, `N/SECS`; `0` turns every rate limit off
+    /// (this one and --rate-limit-per-ip).
     #[arg(long, env = "WISP_RATE_LIMIT", default_value = "100/60", value_name = "N/SECS", value_parser = parse_rate_limit)]
     pub rate_limit: RateOption,
+    /// Chat messages all connections from one address may send per window, `N/SECS`, so that
+    /// reconnecting does not refill the budget; `0` turns it off. Default 300/60: three busy
+    /// connections from one address (a family or an office behind NAT); a proxy in front counts as
+    /// one address.
+    #[arg(long, env = "WISP_RATE_LIMIT_PER_IP", default_value = "300/60", value_name = "N/SECS", value_parser = parse_rate_limit)]
+    pub rate_limit_per_ip: RateOption,
     /// Allowed `Origin` for upgrades (repeatable); others get HTTP 403. Default: any.
     #[arg(
         long = "allowed-origin",
@@ -151,6 +167,9 @@ pub struct Config {
     pub bind: SocketAddr,
     pub history_ttl: Duration,
     pub history_max: usize,
+    pub history_max_bytes: usize,
+    /// At most half of `max_outbound_bytes` (see [`ServeArgs::into_config`]).
+    pub welcome_history_bytes: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -159,6 +178,8 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     pub max_outbound_bytes: usize,
     pub rate_limit: Option<RateLimit>,
+    /// `None` when off, and when `--rate-limit 0` turned every rate limit off.
+    pub rate_limit_per_ip: Option<RateLimit>,
     pub allowed_origins: Vec<String>,
     pub echo: bool,
     pub redis: Option<String>,
@@ -201,21 +222,30 @@ impl ServeArgs {
             Some(n) => n,
             None => fd_allows,
         };
+        // One largest message (plus its header) must always fit, or a peer
+        // receiving it would be called slow for no fault of its own.
+        let max_outbound_bytes =
+            (self.max_outbound_bytes as usize).max(self.max_message_bytes as usize + 1024);
         Ok(Config {
             bind: self.bind,
             history_ttl: Duration::from_secs(self.history_ttl),
             history_max: self.history_max as usize,
+            history_max_bytes: self.history_max_bytes as usize,
+            // A welcome, or a batch of catch-up after it, must leave room under the slow-consumer
+            // cap for the events that go out meanwhile.
+            welcome_history_bytes: (self.welcome_history_bytes as usize)
+                .min(max_outbound_bytes / 2),
             ping_interval: Duration::from_secs(self.ping_interval),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             max_message_bytes: self.max_message_bytes as usize,
             max_connections: max_connections as usize,
             max_connections_per_ip: self.max_connections_per_ip,
-            // One largest message (plus its header) must always fit, or a peer
-            // receiving it would be called slow for no fault of its own.
-            max_outbound_bytes: (self.max_outbound_bytes as usize)
-                .max(self.max_message_bytes as usize + 1024),
+            max_outbound_bytes,
             rate_limit: self.rate_limit.0,
+            // SPEC §2: `--rate-limit 0` turns the rate limit off, per address included, as the load
+            // generators and tests that pass it expect.
+            rate_limit_per_ip: self.rate_limit.0.and(self.rate_limit_per_ip.0),
             allowed_origins: self
                 .allowed_origins
                 .into_iter()
@@ -281,6 +311,15 @@ mod tests {
                 per_secs: 60
             })
         );
+        assert_eq!(
+            c.rate_limit_per_ip,
+            Some(RateLimit {
+                tokens: 300,
+                per_secs: 60
+            })
+        );
+        assert_eq!(c.history_max_bytes, 64 << 20);
+        assert_eq!(c.welcome_history_bytes, 256 << 10);
         assert!(c.echo);
         assert!(c.max_connections > 0);
     }
@@ -301,6 +340,31 @@ mod tests {
         assert!(parse(&["--rate-limit", "5/0"])
             .unwrap_err()
             .contains("--rate-limit"));
+        // Per address: its own `0`, and `--rate-limit 0` turns both off.
+        let c = parse(&["--rate-limit-per-ip", "0"]).unwrap();
+        assert_eq!((c.rate_limit.is_some(), c.rate_limit_per_ip), (true, None));
+        let c = parse(&["--rate-limit", "0", "--rate-limit-per-ip", "10/1"]).unwrap();
+        assert_eq!((c.rate_limit, c.rate_limit_per_ip), (None, None));
+        assert_eq!(
+            parse(&["--rate-limit-per-ip", "10/1"])
+                .unwrap()
+                .rate_limit_per_ip,
+            Some(RateLimit {
+                tokens: 10,
+                per_secs: 1
+            })
+        );
+    }
+
+    #[test]
+    fn byte_budgets() {
+        let c = parse(&["--history-max-bytes", "1048576"]).unwrap();
+        assert_eq!(c.history_max_bytes, 1 << 20);
+        // The welcome budget stays under half the slow-consumer cap.
+        let c = parse(&["--max-outbound-bytes", "262144"]).unwrap();
+        assert_eq!(c.welcome_history_bytes, 131_072);
+        let c = parse(&["--welcome-history-bytes", "4096"]).unwrap();
+        assert_eq!(c.welcome_history_bytes, 4096);
     }
 
     #[test]
@@ -313,6 +377,10 @@ mod tests {
             (&["--log", "loud"], "--log"),
             (&["--ping-interval", "80"], "--idle-timeout"),
             (&["--redis", "not a url"], "--redis"),
+            (&["--history-max-bytes", "1000"], "--history-max-bytes"),
+            (&["--history-max-bytes", "-5"], "--history-max-bytes"),
+            (&["--welcome-history-bytes", "0"], "--welcome-history-bytes"),
+            (&["--rate-limit-per-ip", "3"], "--rate-limit-per-ip"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(name), "{args:?}: {err}");

@@ -48,6 +48,10 @@ pub struct Gauges {
     pub websockets_active: usize,
     pub rooms_active: usize,
     pub history_messages: usize,
+    /// Bytes every history holds, as counted against `--history-max-bytes`.
+    pub history_bytes: usize,
+    /// Messages dropped before their time to stay within `--history-max-bytes`.
+    pub history_dropped: u64,
     pub messages_expired: u64,
     pub rate_limited: u64,
     pub uptime_s: u64,
@@ -131,6 +135,18 @@ impl Metrics {
             "gauge",
             "Unexpired messages held in history.",
             g.history_messages.to_string(),
+        );
+        metric(
+            "wisp_history_bytes",
+            "gauge",
+            "Bytes held by every history, as counted against --history-max-bytes.",
+            g.history_bytes.to_string(),
+        );
+        metric(
+            "wisp_history_dropped_total",
+            "counter",
+            "Messages dropped before their TTL to stay within --history-max-bytes.",
+            g.history_dropped.to_string(),
         );
         metric(
             "wisp_rooms_active",
@@ -240,6 +256,8 @@ mod tests {
         };
         let text = m.render(&Gauges {
             rooms_active: 2,
+            history_bytes: 4096,
+            history_dropped: 3,
             ..Default::default()
         });
         for name in [
@@ -250,6 +268,8 @@ mod tests {
             "wisp_bytes_received_total",
             "wisp_bytes_sent_total",
             "wisp_history_messages",
+            "wisp_history_bytes",
+            "wisp_history_dropped_total",
             "wisp_rooms_active",
             "wisp_messages_expired_total",
             "wisp_rate_limited_total",
@@ -267,5 +287,7 @@ mod tests {
         }
         assert!(text.contains("\nwisp_messages_sent_total 7\n"));
         assert!(text.contains("\nwisp_rooms_active 2\n"));
+        assert!(text.contains("\nwisp_history_bytes 4096\n"));
+        assert!(text.contains("\nwisp_history_dropped_total 3\n"));
     }
 }

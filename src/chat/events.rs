@@ -63,6 +63,9 @@ struct WelcomeHead<'a, U: Serialize> {
     ttl_s: u64,
     epoch: &'a str,
     recovered: bool,
+    /// Written only when `false`: `history` was cut, and the rest follows as `message` events.
+    #[serde(skip_serializing_if = "is_true")]
+    history_complete: bool,
 }
 
 /// `GET /rooms/{room}/messages` without `messages`, which is spliced in by [`with_raw_array`].
@@ -70,6 +73,17 @@ struct WelcomeHead<'a, U: Serialize> {
 struct RoomMessagesHead<'a> {
     room_id: &'a str,
     ttl_s: u64,
+    /// Written only when `true`: the page was cut, more messages follow `?since=` the last id.
+    #[serde(skip_serializing_if = "is_false")]
+    more: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn to_json<T: Serialize>(value: &T) -> String {
@@ -312,10 +326,13 @@ pub(crate) struct Welcome<'a, U> {
     pub(crate) ttl_s: u64,
     pub(crate) epoch: &'a str,
     pub(crate) recovered: bool,
+    /// `history` holds every message the client is owed (else the rest follows as `message` events).
+    pub(crate) history_complete: bool,
 }
 
-/// `{"type":"welcome","room_id","client_id","users","history","ttl_s","epoch","recovered"}` with
-/// `history` made of already serialised `message` events.
+/// `{"type":"welcome","room_id","client_id","users","history","ttl_s","epoch","recovered"}`, plus
+/// `"history_complete":false` when `history` was cut, with `history` made of already serialised
+/// `message` events.
 pub(crate) fn welcome<'h, U>(w: Welcome<'_, U>, history: impl Iterator<Item = &'h str>) -> String
 where
     U: Iterator<Item = &'h str> + Clone,
@@ -328,18 +345,25 @@ where
         ttl_s: w.ttl_s,
         epoch: w.epoch,
         recovered: w.recovered,
+        history_complete: w.history_complete,
     };
     with_raw_array(to_json(&head), "history", history)
 }
 
-/// `{"room_id","ttl_s","messages":[MESSAGE_EVENT...]}` (SPEC §3 `GET /rooms/{room}/messages`).
+/// `{"room_id","ttl_s","messages":[MESSAGE_EVENT...]}` (SPEC §3 `GET /rooms/{room}/messages`), with
+/// `"more":true` when the page was cut.
 pub(crate) fn room_messages<'h>(
     room_id: &str,
     ttl_s: u64,
+    more: bool,
     events: impl Iterator<Item = &'h str>,
 ) -> String {
     with_raw_array(
-        to_json(&RoomMessagesHead { room_id, ttl_s }),
+        to_json(&RoomMessagesHead {
+            room_id,
+            ttl_s,
+            more,
+        }),
         "messages",
         events,
     )
@@ -349,6 +373,26 @@ pub(crate) fn room_messages<'h>(
 #[serde(bound(serialize = "SerializeIter<I>: Serialize"))]
 struct GlobalMessages<I> {
     messages: SerializeIter<I>,
+    /// Written only when `true`: older messages were left out.
+    #[serde(skip_serializing_if = "is_false")]
+    more: bool,
+}
+
+/// An upper bound of what one entry of `GET /messages` adds besides its escaped text:
+/// `{"message":`, `,"timestamp":` and the number (at most 24 characters), `}` and a comma.
+pub(crate) const GLOBAL_ENTRY_OVERHEAD: usize = 64;
+
+/// The length of `s` as a JSON string, quotes included, escaped as [`push_json_str`] and serde_json
+/// do: what it will weigh in a view, known before writing it.
+pub(crate) fn json_str_len(s: &str) -> usize {
+    2 + s.len()
+        + s.bytes()
+            .filter(|&b| byte_needs_escape(b))
+            .map(|b| match b {
+                b'"' | b'\\' | 0x08 | b'\t' | b'\n' | 0x0c | b'\r' => 1,
+                _ => 5,
+            })
+            .sum::<usize>()
 }
 
 #[derive(Serialize)]
@@ -357,15 +401,18 @@ struct GlobalMessage<'a> {
     timestamp: f64,
 }
 
-/// `{"messages":[{"message":TEXT,"timestamp":UNIX_SECONDS_FLOAT}]}` (SPEC §3 `GET /messages`).
+/// `{"messages":[{"message":TEXT,"timestamp":UNIX_SECONDS_FLOAT}]}` (SPEC §3 `GET /messages`), with
+/// `"more":true` when older messages were left out.
 pub(crate) fn global_messages<'a>(
     messages: impl Iterator<Item = (&'a str, Micros)> + Clone,
+    more: bool,
 ) -> String {
     to_json(&GlobalMessages {
         messages: SerializeIter(messages.map(|(message, at)| GlobalMessage {
             message,
             timestamp: unix_seconds(at),
         })),
+        more,
     })
 }
 
@@ -492,6 +539,7 @@ mod tests {
             ttl_s: 60,
             epoch: "e1",
             recovered: false,
+            history_complete: true,
         };
         let v = parse(&welcome(w, [m1.text(), m2.text()].into_iter()));
         assert_eq!(
@@ -508,6 +556,13 @@ mod tests {
         let v = parse(&welcome(empty, std::iter::empty()));
         assert_eq!(v["history"], json!([]));
         assert_eq!(v["users"], json!([]));
+        let cut = Welcome {
+            history_complete: false,
+            ..w_default()
+        };
+        let v = parse(&welcome(cut, [m1.text()].into_iter()));
+        assert_eq!(v["history_complete"], false);
+        assert_eq!(v["history"], json!([parse(m1.text())]));
     }
 
     fn w_default() -> Welcome<'static, std::iter::Empty<&'static str>> {
@@ -518,20 +573,24 @@ mod tests {
             ttl_s: 1,
             epoch: "e",
             recovered: true,
+            history_complete: true,
         }
     }
 
     #[test]
     fn http_view_shapes() {
         let m1 = message(&mut FramePool::default(), 1, "r", "a", "one", AT);
-        let v = parse(&room_messages("r/x", 60, [m1.text()].into_iter()));
+        let v = parse(&room_messages("r/x", 60, false, [m1.text()].into_iter()));
         assert_eq!(
             v,
             json!({"room_id": "r/x", "ttl_s": 60, "messages": [parse(m1.text())]})
         );
+        let v = parse(&room_messages("r", 60, true, [m1.text()].into_iter()));
+        assert_eq!(v["more"], true);
 
         let v = parse(&global_messages(
             [("hello", AT), ("<b>", 1_500_000)].into_iter(),
+            false,
         ));
         assert_eq!(
             v,
@@ -540,6 +599,8 @@ mod tests {
                 {"message": "<b>", "timestamp": 1.5},
             ]})
         );
+        let v = parse(&global_messages([("x", AT)].into_iter(), true));
+        assert_eq!(v["more"], true);
 
         let rows = [RoomRow {
             room_id: "a",
@@ -602,6 +663,32 @@ mod tests {
     }
 
     #[test]
+    fn json_str_len_is_what_serde_json_writes() {
+        let all_controls: String = (0u8..0x20).map(char::from).collect();
+        for s in [
+            "",
+            "plain",
+            "\"q\" \\ é 🎉",
+            &all_controls,
+            "\u{7f}\u{2028}",
+        ] {
+            assert_eq!(
+                json_str_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
+        }
+        let entry = serde_json::to_string(&GlobalMessage {
+            message: "",
+            timestamp: unix_seconds(LAST_TIME),
+        })
+        .unwrap();
+        // All but the quoted text, plus the comma between entries.
+        let besides_text = entry.len() - "\"\"".len() + ",".len();
+        assert!(besides_text <= GLOBAL_ENTRY_OVERHEAD, "{entry}");
+    }
+
+    #[test]
     fn event_frames_are_single_unmasked_text_frames() {
         let mut buf = FramePool::default();
         for len in [0, 50, 125, 126, 200, 65_535, 65_536, 70_000] {
@@ -611,6 +698,8 @@ mod tests {
             assert_eq!(frame[0], 0x81, "FIN + text");
             assert_eq!(frame[1] & 0x80, 0, "server frames are unmasked");
             assert_eq!(ev.text(), serde_message(1, "r", "a", &content, AT));
+            assert_eq!(ev.text_len(), ev.text().len());
+            assert!(ev.buffer_len() >= frame.len());
         }
         assert_eq!(buf.raw("hé").frame(), b"\x81\x03h\xc3\xa9");
     }

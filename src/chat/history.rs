@@ -9,6 +9,20 @@ use std::collections::VecDeque;
 use super::events::FramePool;
 use super::{EventFrame, Micros};
 
+/// What an entry holds in memory, as counted against `--history-max-bytes`.
+pub(crate) trait Held {
+    /// Bytes counted for this entry.
+    fn held_bytes(&self) -> usize;
+}
+
+impl Held for EventFrame {
+    /// The frame's buffer: what the history really keeps alive, escaped JSON included (a control
+    /// character in a room message is six bytes, `\u0001`), and the pool's size class rounding.
+    fn held_bytes(&self) -> usize {
+        self.buffer_len()
+    }
+}
+
 /// One retained entry and its arrival time.
 #[derive(Debug)]
 pub(crate) struct Stamped<T> {
@@ -19,13 +33,49 @@ pub(crate) struct Stamped<T> {
 
 /// Entries in arrival order, oldest at the front.
 ///
-/// A `VecDeque` because both ends are hot: messages arrive at the back, and both expiry (same TTL for
-/// all) and `--history-max` remove from the front, each in O(1).
+/// A `VecDeque` because both ends are hot: messages arrive at the back, and expiry (same TTL for
+/// all), `--history-max` and `--history-max-bytes` remove from the front, each in O(1).
 #[derive(Debug)]
 pub(crate) struct Timeline<T> {
     /// INVARIANT: `at` is non-decreasing front to back, so the expired entries are always a prefix and
     /// the live ones can be found by binary search.
     entries: VecDeque<Stamped<T>>,
+    /// Entries ever stored here; the next one's ordinal. Entries only leave from the front, so the
+    /// front's ordinal is `stored - len`, and an ordinal names an entry that is still here exactly when
+    /// it is in `[stored - len, stored)` ([`Timeline::holds`]): the global order of
+    /// `--history-max-bytes` refers to entries this way, with no pointer to keep up to date.
+    stored: u64,
+    /// INVARIANT: the sum of [`Held::held_bytes`] over `entries`.
+    bytes: usize,
+    /// The reactor holds an expiry timer for this timeline (see [`Pushed::arm`]).
+    /// INVARIANT: true whenever `entries` is non-empty. Cleared only by [`Timeline::expire`] when it
+    /// empties the timeline, since the reactor drops the timer then; entries removed otherwise
+    /// (`--history-max`, `--history-max-bytes`, a reset) leave the timer armed, and when it fires it
+    /// finds what is due then. So a timeline never asks for a second timer while one is pending.
+    armed: bool,
+}
+
+/// Messages and bytes that left a history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
+}
+
+impl Removed {
+    fn add(&mut self, bytes: usize) {
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// An entry [`Timeline::push`] retained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Its ordinal in the timeline (see [`Timeline::holds`]).
+    pub(crate) ordinal: u64,
+    /// Its [`Held::held_bytes`].
+    pub(crate) bytes: usize,
 }
 
 /// What [`Timeline::push`] did.
@@ -33,18 +83,18 @@ pub(crate) struct Timeline<T> {
 pub(crate) struct Pushed {
     /// The arrival time recorded (see [`Timeline::stamp`]).
     pub(crate) at: Micros,
-    /// The timeline was empty before, so no expiry timer is armed for it yet.
-    pub(crate) was_empty: bool,
+    /// The timeline needs an expiry timer: it holds an entry now and has none armed.
+    pub(crate) arm: bool,
     /// Entries dropped from the front to respect `--history-max`.
-    pub(crate) dropped: usize,
-    /// The entry itself was retained (false only with `--history-max 0`).
-    pub(crate) stored: bool,
+    pub(crate) dropped: Removed,
+    /// The entry itself, when it was retained (not with `--history-max 0`).
+    pub(crate) kept: Option<Kept>,
 }
 
 /// What [`Timeline::expire`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Expired {
-    pub(crate) removed: usize,
+    pub(crate) removed: Removed,
     /// When the oldest remaining entry expires; `None` once the timeline is empty.
     pub(crate) next_due: Option<Micros>,
 }
@@ -53,19 +103,14 @@ impl<T> Default for Timeline<T> {
     fn default() -> Self {
         Timeline {
             entries: VecDeque::new(),
+            stored: 0,
+            bytes: 0,
+            armed: false,
         }
     }
 }
 
-impl<T> Timeline<T> {
-    /// The arrival time to record for an entry arriving at `now`.
-    ///
-    /// `now` is wall-clock time, which can step backwards (NTP); clamping to the newest entry's time keeps
-    /// the ordering invariant, at the price of a message living slightly longer than its TTL in that case.
-    pub(crate) fn stamp(&self, now: Micros) -> Micros {
-        self.entries.back().map_or(now, |last| now.max(last.at))
-    }
-
+impl<T: Held> Timeline<T> {
     /// Appends `item` at `at` (which must come from [`Timeline::stamp`]) and hands the oldest entries
     /// beyond `max` to `gone`.
     pub(crate) fn push(
@@ -76,40 +121,80 @@ impl<T> Timeline<T> {
         mut gone: impl FnMut(T),
     ) -> Pushed {
         debug_assert!(at >= self.stamp(0), "bug: timestamp not from stamp()");
-        let was_empty = self.entries.is_empty();
         if max == 0 {
             return Pushed {
                 at,
-                was_empty,
-                dropped: 0,
-                stored: false,
+                arm: false,
+                dropped: Removed::default(),
+                kept: None,
             };
         }
-        let mut dropped = 0;
+        let mut dropped = Removed::default();
         while self.entries.len() >= max {
-            if let Some(old) = self.entries.pop_front() {
+            if let Some(old) = self.pop_front() {
+                dropped.add(old.item.held_bytes());
                 gone(old.item);
             }
-            dropped += 1;
         }
+        let kept = Kept {
+            ordinal: self.stored,
+            bytes: item.held_bytes(),
+        };
+        self.stored += 1;
+        self.bytes += kept.bytes;
         self.entries.push_back(Stamped { at, item });
+        let arm = !std::mem::replace(&mut self.armed, true);
         Pushed {
             at,
-            was_empty,
+            arm,
             dropped,
-            stored: true,
+            kept: Some(kept),
         }
     }
 
     /// Removes the entries with `at + ttl <= now` (an entry is gone exactly at its expiry, SPEC §4.2),
-    /// handing each to `gone`.
-    pub(crate) fn expire(&mut self, now: Micros, ttl: Micros, gone: impl FnMut(T)) -> Expired {
-        let removed = self.live_start(now, ttl);
-        self.entries.drain(..removed).map(|e| e.item).for_each(gone);
-        Expired {
-            removed,
-            next_due: self.entries.front().map(|e| e.at.saturating_add(ttl)),
+    /// handing each to `gone`. Called when the timeline's timer fires: when nothing is left, the timer
+    /// is not re-armed and the next push asks for one.
+    pub(crate) fn expire(&mut self, now: Micros, ttl: Micros, mut gone: impl FnMut(T)) -> Expired {
+        let due = self.live_start(now, ttl);
+        let mut removed = Removed::default();
+        for _ in 0..due {
+            if let Some(old) = self.pop_front() {
+                removed.add(old.item.held_bytes());
+                gone(old.item);
+            }
         }
+        let next_due = self.entries.front().map(|e| e.at.saturating_add(ttl));
+        self.armed = next_due.is_some();
+        Expired { removed, next_due }
+    }
+
+    /// Removes the oldest entry, whatever its age (`--history-max-bytes`); the timer stays armed.
+    pub(crate) fn pop_front(&mut self) -> Option<Stamped<T>> {
+        let old = self.entries.pop_front()?;
+        self.bytes -= old.item.held_bytes();
+        Some(old)
+    }
+
+    /// Drops every entry, handing each to `gone`; the timer stays armed (it finds nothing, or what was
+    /// pushed since, when it fires).
+    pub(crate) fn clear(&mut self, mut gone: impl FnMut(T)) -> Removed {
+        let mut removed = Removed::default();
+        while let Some(old) = self.pop_front() {
+            removed.add(old.item.held_bytes());
+            gone(old.item);
+        }
+        removed
+    }
+}
+
+impl<T> Timeline<T> {
+    /// The arrival time to record for an entry arriving at `now`.
+    ///
+    /// `now` is wall-clock time, which can step backwards (NTP); clamping to the newest entry's time keeps
+    /// the ordering invariant, at the price of a message living slightly longer than its TTL in that case.
+    pub(crate) fn stamp(&self, now: Micros) -> Micros {
+        self.entries.back().map_or(now, |last| now.max(last.at))
     }
 
     /// Index of the first entry still alive at `now`: the timer may fire late, but no view may show an
@@ -124,7 +209,7 @@ impl<T> Timeline<T> {
         &self,
         now: Micros,
         ttl: Micros,
-    ) -> impl Iterator<Item = &Stamped<T>> + Clone + '_ {
+    ) -> impl DoubleEndedIterator<Item = &Stamped<T>> + ExactSizeIterator + Clone + '_ {
         self.entries.range(self.live_start(now, ttl)..)
     }
 
@@ -136,11 +221,20 @@ impl<T> Timeline<T> {
         self.entries.range(start.min(self.entries.len())..)
     }
 
-    /// Drops every entry; returns how many there were.
-    pub(crate) fn clear(&mut self) -> usize {
-        let n = self.entries.len();
-        self.entries.clear();
-        n
+    /// Whether the entry with this ordinal (from [`Kept::ordinal`]) is still here. O(1).
+    pub(crate) fn holds(&self, ordinal: u64) -> bool {
+        ordinal < self.stored && ordinal >= self.stored - self.entries.len() as u64
+    }
+
+    /// The ordinal of the oldest entry, if any.
+    pub(crate) fn front_ordinal(&self) -> Option<u64> {
+        (!self.entries.is_empty()).then(|| self.stored - self.entries.len() as u64)
+    }
+
+    /// Bytes held, as counted by [`Held::held_bytes`].
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Entries retained, expired or not (the timer decides when they go).
@@ -168,6 +262,12 @@ impl<T> Timeline<T> {
 pub(crate) struct RoomMessage {
     pub(crate) id: u64,
     pub(crate) event: EventFrame,
+}
+
+impl Held for RoomMessage {
+    fn held_bytes(&self) -> usize {
+        self.event.held_bytes()
+    }
 }
 
 /// A room's history plus its id sequence.
@@ -231,11 +331,11 @@ impl RoomHistory {
             .expire(now, ttl, |old| pool.recycle(old.event))
     }
 
-    /// Forgets every message and starts the id sequence over (a new epoch); returns the messages
-    /// dropped.
-    pub(crate) fn reset(&mut self) -> usize {
+    /// Forgets every message and starts the id sequence over (a new epoch); returns what was
+    /// dropped. The buffers go back to `pool`.
+    pub(crate) fn reset(&mut self, pool: &mut FramePool) -> Removed {
         self.last_id = 0;
-        self.timeline.clear()
+        self.timeline.clear(|old| pool.recycle(old.event))
     }
 
     /// Where the live messages with ids greater than `since` start.
@@ -273,15 +373,17 @@ impl RoomHistory {
     ) -> Recovery {
         let whole = self.timeline.live_start(now, ttl);
         match (since, epoch) {
+            // Ids from another epoch mean nothing here: the sequence started over. This wins even when
+            // `since` is absent (or was not a number): a client that names an epoch had messages from
+            // it, and some may be gone.
+            (_, Some(e)) if e != current_epoch => Recovery {
+                start: whole,
+                recovered: false,
+            },
             // A plain join asked for nothing, so nothing can be missing.
             (None, _) => Recovery {
                 start: whole,
                 recovered: true,
-            },
-            // Ids from another epoch mean nothing here: the sequence started over.
-            (Some(_), Some(e)) if e != current_epoch => Recovery {
-                start: whole,
-                recovered: false,
             },
             // Same epoch, but the missed messages are partly gone: give all we have and say so.
             (Some(since), Some(_)) if self.has_gap_after(since, now, ttl) => Recovery {
@@ -325,6 +427,23 @@ mod tests {
         h.timeline.starting_at(start).map(|e| e.item.id).collect()
     }
 
+    /// Test entries: a unit weighs nothing, a number its value in bytes.
+    impl Held for () {
+        fn held_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    impl Held for u64 {
+        fn held_bytes(&self) -> usize {
+            *self as usize
+        }
+    }
+
+    fn gone(messages: usize, bytes: usize) -> Removed {
+        Removed { messages, bytes }
+    }
+
     #[test]
     fn expiry_is_exact_to_the_microsecond() {
         let mut t: Timeline<()> = Timeline::default();
@@ -333,18 +452,21 @@ mod tests {
             p,
             Pushed {
                 at: 1_000,
-                was_empty: true,
-                dropped: 0,
-                stored: true
+                arm: true,
+                dropped: Removed::default(),
+                kept: Some(Kept {
+                    ordinal: 0,
+                    bytes: 0
+                }),
             }
         );
-        assert!(!t.push(2_000, (), 10, drop).was_empty);
+        assert!(!t.push(2_000, (), 10, drop).arm, "one timer per timeline");
         let due = 1_000 + TTL;
         assert_eq!(t.live(due - 1, TTL).count(), 2);
         assert_eq!(
             t.expire(due - 1, TTL, drop),
             Expired {
-                removed: 0,
+                removed: gone(0, 0),
                 next_due: Some(due)
             }
         );
@@ -352,41 +474,73 @@ mod tests {
         assert_eq!(
             t.expire(due, TTL, drop),
             Expired {
-                removed: 1,
+                removed: gone(1, 0),
                 next_due: Some(2_000 + TTL)
             }
         );
         assert_eq!(
             t.expire(u64::MAX, TTL, drop),
             Expired {
-                removed: 1,
+                removed: gone(1, 0),
                 next_due: None
             }
         );
         assert!(t.is_empty());
+        assert!(
+            t.push(3_000, (), 10, drop).arm,
+            "emptied by its timer: asks again"
+        );
     }
 
     #[test]
     fn history_max_drops_the_oldest() {
-        let mut t: Timeline<u32> = Timeline::default();
+        let mut t: Timeline<u64> = Timeline::default();
         for i in 0..3 {
-            assert_eq!(t.push(i.into(), i, 3, drop).dropped, 0);
+            assert_eq!(t.push(i, i, 3, drop).dropped, Removed::default());
         }
         let p = t.push(3, 3, 3, drop);
-        assert_eq!((p.dropped, p.was_empty), (1, false));
-        let kept: Vec<u32> = t.live(0, TTL).map(|e| e.item).collect();
+        assert_eq!((p.dropped, p.arm), (gone(1, 0), false));
+        let kept: Vec<u64> = t.live(0, TTL).map(|e| e.item).collect();
         assert_eq!(kept, [1, 2, 3]);
         // Lowering the cap (never at runtime, but cheap to be right) drops down to it.
-        assert_eq!(t.push(4, 4, 2, drop).dropped, 2);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.push(4, 4, 2, drop).dropped, gone(2, 3));
+        assert_eq!((t.len(), t.bytes()), (2, 7));
     }
 
     #[test]
     fn history_max_zero_keeps_nothing() {
         let mut t: Timeline<()> = Timeline::default();
         let p = t.push(5, (), 0, drop);
-        assert!(!p.stored && p.was_empty);
+        assert!(p.kept.is_none() && !p.arm);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn bytes_and_ordinals_follow_every_way_out() {
+        let mut t: Timeline<u64> = Timeline::default();
+        for (i, size) in [10u64, 20, 30, 40].into_iter().enumerate() {
+            let p = t.push(i as u64 * 1_000, size, 3, drop);
+            assert_eq!(
+                p.kept.map(|k| (k.ordinal, k.bytes)),
+                Some((i as u64, size as usize))
+            );
+        }
+        // 10 dropped by --history-max 3.
+        assert_eq!(t.bytes(), 90);
+        assert!(!t.holds(0) && t.holds(1) && t.holds(3) && !t.holds(4));
+        assert_eq!(t.front_ordinal(), Some(1));
+        let first = t.pop_front().unwrap();
+        assert_eq!(
+            (first.item, t.bytes(), t.front_ordinal()),
+            (20, 70, Some(2))
+        );
+        assert_eq!(t.expire(2_000 + TTL, TTL, drop).removed, gone(1, 30));
+        assert_eq!(t.clear(drop), gone(1, 40));
+        assert_eq!((t.bytes(), t.front_ordinal()), (0, None));
+        assert!(!t.holds(3));
+        // Cleared (a reset): the timer is still pending, so the next push does not ask for another.
+        let p = t.push(9_000, 5, 3, drop);
+        assert_eq!((p.arm, p.kept.unwrap().ordinal), (false, 4));
     }
 
     #[test]
@@ -396,7 +550,7 @@ mod tests {
         let at = t.stamp(4_000);
         assert_eq!(at, 10_000);
         t.push(at, (), 10, drop);
-        assert_eq!(t.expire(10_000 + TTL, TTL, drop).removed, 2);
+        assert_eq!(t.expire(10_000 + TTL, TTL, drop).removed, gone(2, 0));
     }
 
     #[test]
@@ -437,7 +591,8 @@ mod tests {
         };
         let late = 1 + TTL; // ids 1 and 2 expired
         assert_eq!(r(None, None, 10), (vec![1, 2, 3, 4, 5], true));
-        assert_eq!(r(None, Some("old"), 10), (vec![1, 2, 3, 4, 5], true));
+        assert_eq!(r(None, Some("old"), 10), (vec![1, 2, 3, 4, 5], false));
+        assert_eq!(r(None, Some("E"), 10), (vec![1, 2, 3, 4, 5], true));
         assert_eq!(r(None, None, late), (vec![3, 4, 5], true));
         assert_eq!(r(Some(3), None, 10), (vec![4, 5], true));
         assert_eq!(r(Some(1), None, late), (vec![3, 4, 5], false));

@@ -12,9 +12,10 @@
 //! - `presence`: members of the global channel and of a room, rate-limit buckets, name de-duplication.
 //! - `room`: the slab of rooms, found by name or [`RoomKey`], and their epochs.
 //! - `history`: retained messages, ids, `?since=` recovery, `--history-max`, expiry.
+//! - `budget`: the post order across every history, for `--history-max-bytes`.
 //! - `events`: the JSON events and views.
 //! - `names`: cleaning of room and client names.
-//! - `ratelimit`: the token bucket.
+//! - `ratelimit`: the token buckets, per connection and per peer address.
 //! - `time`: RFC 3339 and Unix-seconds formatting.
 //! - `replica`: cluster mode (`--redis`): the chat as a replica of the cluster's state, fed by the
 //!   reactor with what the cluster bridge (`crate::cluster`) receives.
@@ -23,11 +24,23 @@
 //!
 //! Each non-empty history (the global one and each room's) needs exactly one expiry timer in the
 //! reactor's wheel. [`Chat::global_post`] and [`Chat::post`] return `arm_expiry: Some(due)` when a
-//! history goes from empty to non-empty; when the timer fires the reactor calls [`Chat::expire_global`]
-//! or [`Chat::expire_room`], and re-arms it with the `Some(due)` they return, or drops it on `None`. A
-//! timer that fires early or late is harmless: expiry removes what is due at `now` and reports the next
-//! due time, and every view hides what has expired at `now` whether or not the timer has run.
+//! history that has no timer gets a message; when the timer fires the reactor calls
+//! [`Chat::expire_global`] or [`Chat::expire_room`], and re-arms it with the `Some(due)` they return, or
+//! drops it on `None`. A history emptied some other way (`--history-max-bytes`, a cluster reset) keeps
+//! its timer until it fires. A timer that fires early or late is harmless: expiry removes what is due
+//! at `now` and reports the next due time, and every view hides what has expired at `now` whether or
+//! not the timer has run.
+//!
+//! # Memory
+//!
+//! What a peer can make the chat hold is bounded: every history together by `--history-max-bytes`
+//! (the oldest messages, across rooms, leave first), a `welcome` by `welcome_history_bytes` (the rest
+//! of a long history follows through [`Chat::catch_up`] as the joiner's socket drains), an HTTP view
+//! by [`HISTORY_PAGE_MESSAGES`] and [`HISTORY_PAGE_BYTES`], the per-address rate-limit buckets by the
+//! addresses that sent something in the last two windows, and `rate_limited` answers by one per
+//! bucket refill.
 
+mod budget;
 mod events;
 mod history;
 mod names;
@@ -41,13 +54,15 @@ mod time;
 mod tests;
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use serde::Deserialize;
 
+use budget::{Order, Source};
 use events::{ErrorCode, FramePool, RoomRow, Welcome};
-use history::{Pushed, Timeline};
+use history::{Held, Pushed, Removed, Stamped, Timeline};
 use presence::GlobalPresence;
-use ratelimit::TokenBucket;
+use ratelimit::{AddressBuckets, Limit, TokenBucket, Verdict};
 use room::Rooms;
 use time::MICROS_PER_SEC;
 
@@ -59,6 +74,20 @@ pub use replica::{
     RoomImage,
 };
 pub use time::rfc3339_micros;
+
+/// Most messages in one answer of `GET /messages` or `GET /rooms/{room}/messages`, and the default of
+/// their `?limit=`.
+pub const HISTORY_PAGE_MESSAGES: usize = 1000;
+
+/// Most bytes of one answer of `GET /messages` or `GET /rooms/{room}/messages`: 1 MiB, about a
+/// thousand long chat lines. A full history of the largest messages, escaped, is hundreds of MiB, and
+/// a pipelined client could ask for it over and over; beyond this the answer says `"more":true`.
+/// A single message larger than this is still sent, alone.
+pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
+
+/// Room of [`HISTORY_PAGE_BYTES`] kept for the answer's fields besides its messages (`room_id` is at
+/// most 64 characters).
+const PAGE_HEAD_BYTES: usize = 512;
 
 /// Opaque id of a connection, chosen by the reactor (it packs slab index + generation).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -95,16 +124,26 @@ pub struct ChatConfig {
     pub ttl_secs: u64,
     /// `--history-max`: most messages kept per history (each room, and the global channel); 0 keeps none.
     pub history_max: usize,
+    /// `--history-max-bytes`: most bytes held by every history together, counted as
+    /// [`EventFrame`] buffers (see [`Counts::history_bytes`]); the oldest messages, whatever their
+    /// history, are dropped first.
+    pub history_max_bytes: usize,
+    /// `--welcome-history-bytes`: most bytes of `message` events spliced into a `welcome`; the rest
+    /// is for [`Chat::catch_up`].
+    pub welcome_history_bytes: usize,
     /// `--rate-limit`, per connection; `None` when off.
     pub rate_limit: Option<RateLimit>,
+    /// `--rate-limit-per-ip`, shared by every connection from one peer address; `None` when off.
+    pub rate_limit_per_ip: Option<RateLimit>,
 }
 
 /// What a (re)joining client asks for, from the upgrade URL's `?since=ID&epoch=E`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Resume<'a> {
-    /// The last message id the client has seen.
+    /// The last message id the client has seen (`None`: absent, or not a number).
     pub since: Option<u64>,
-    /// The epoch that id belongs to.
+    /// The epoch that id belongs to. One that is not the room's means `recovered: false`, whatever
+    /// `since` says.
     pub epoch: Option<&'a str>,
 }
 
@@ -115,7 +154,7 @@ pub enum GlobalPost {
     Broadcast {
         /// The text, framed once for all recipients (and kept in the history).
         frame: EventFrame,
-        /// `Some(due)`: arm the global expiry timer for `due` (the history was empty, so none is armed).
+        /// `Some(due)`: arm the global expiry timer for `due` (none is armed).
         arm_expiry: Option<Micros>,
     },
     /// Over the sender's rate limit: the text was dropped; send `error` (an `error` event) to the sender.
@@ -123,6 +162,9 @@ pub enum GlobalPost {
         /// The `error` event JSON, code `rate_limited`.
         error: String,
     },
+    /// Over the rate limit again before the refusing bucket admitted a message: dropped, and nothing
+    /// to send (the sender was told once already).
+    Dropped,
 }
 
 /// The outcome of a text message in a room.
@@ -132,7 +174,7 @@ pub enum Post {
     Broadcast {
         /// The `message` event, framed once for all recipients (and kept in the history).
         event: EventFrame,
-        /// `Some(due)`: arm the room's expiry timer for `due` (the history was empty, so none is armed).
+        /// `Some(due)`: arm the room's expiry timer for `due` (none is armed).
         arm_expiry: Option<Micros>,
     },
     /// Refused: send `error` to the sender only; the connection stays open.
@@ -140,7 +182,8 @@ pub enum Post {
         /// The `error` event JSON (`rate_limited` or `bad_request`).
         error: String,
     },
-    /// Nothing to do: empty content, or a stale key / non-member.
+    /// Nothing to do: empty content, a stale key / non-member, or over the rate limit with the
+    /// sender already told since the refusing bucket last admitted a message.
     Ignored,
 }
 
@@ -156,7 +199,7 @@ pub enum Checked<'a> {
         /// The `error` event JSON (`rate_limited` or `bad_request`).
         error: String,
     },
-    /// Nothing to do: empty content, or a stale key / non-member.
+    /// Nothing to do (as [`Post::Ignored`]).
     Ignored,
 }
 
@@ -171,6 +214,21 @@ pub struct Joined {
     pub welcome: String,
     /// The `join` event, for every other member (`room_members` minus the joiner).
     pub join_event: EventFrame,
+    /// `Some(id)`: `welcome`'s history was cut at `welcome_history_bytes` after the message `id`
+    /// (and says `"history_complete":false`). The reactor then sends the rest with
+    /// [`Chat::catch_up`] as the joiner's socket drains, and sends it no live `message` broadcast
+    /// until that is done: those are in the history too, so the joiner gets every message once, in
+    /// order.
+    pub catch_up: Option<u64>,
+}
+
+/// What [`Chat::catch_up`] returns: the next stored `message` events for a joiner.
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    /// The events, oldest first: the history's own frames (shared, not copied).
+    pub frames: Vec<EventFrame>,
+    /// `Some(id)`: more remain after the message `id`, the last in `frames`; ask again from it.
+    pub next: Option<u64>,
 }
 
 /// Sizes for `/healthz` and `/metrics`.
@@ -180,6 +238,9 @@ pub struct Counts {
     pub rooms: usize,
     /// Messages retained in every room and the global channel (`wisp_history_messages`).
     pub history_messages: usize,
+    /// Bytes they hold, as counted against `--history-max-bytes` (`wisp_history_bytes`): each
+    /// message's frame buffer, escaped JSON included; not the bookkeeping around it.
+    pub history_bytes: usize,
 }
 
 /// All chat state of one daemon.
@@ -194,8 +255,16 @@ pub struct Chat {
     rooms: Rooms,
     /// Messages retained across all histories, kept up to date so `counts` is O(1) for `/metrics`.
     history_messages: usize,
+    /// Bytes those hold (the sum of every timeline's `bytes`), kept within `cfg.history_max_bytes`.
+    history_bytes: usize,
+    /// Every retained message in post order, for dropping the oldest when over `history_max_bytes`.
+    order: Order,
     expired_total: u64,
+    /// Messages dropped to stay within `history_max_bytes` (`wisp_history_dropped_total`).
+    budget_dropped_total: u64,
     rate_limited_total: u64,
+    /// The buckets of `--rate-limit-per-ip`.
+    addresses: AddressBuckets,
     /// Cluster mode: the last global-channel sequence number stored, to skip repeats.
     cluster_global_seq: u64,
     /// Where room events and global messages are framed, into buffers the histories give back.
@@ -223,12 +292,16 @@ impl Chat {
         }
         Chat {
             ttl: cfg.ttl_secs.saturating_mul(MICROS_PER_SEC),
+            addresses: AddressBuckets::new(cfg.rate_limit_per_ip),
             cfg,
             global_members: GlobalPresence::default(),
             global_history: Timeline::default(),
             rooms: Rooms::new(epoch_seed),
             history_messages: 0,
+            history_bytes: 0,
+            order: Order::default(),
             expired_total: 0,
+            budget_dropped_total: 0,
             rate_limited_total: 0,
             cluster_global_seq: 0,
             frames: FramePool::default(),
@@ -242,10 +315,14 @@ impl Chat {
             .map(|l| TokenBucket::full(l, now))
     }
 
-    fn rate_limit_error(&self) -> String {
-        let text = match &self.cfg.rate_limit {
+    fn rate_limit_error(&self, by: Limit) -> String {
+        let (limit, from) = match by {
+            Limit::Connection => (self.cfg.rate_limit.as_ref(), ""),
+            Limit::Address => (self.addresses.limit(), " from one address"),
+        };
+        let text = match limit {
             Some(l) => format!(
-                "rate limit exceeded: at most {} messages per {} s",
+                "rate limit exceeded: at most {} messages per {} s{from}",
                 l.tokens, l.per_secs
             ),
             None => "rate limit exceeded".to_owned(),
@@ -253,36 +330,80 @@ impl Chat {
         events::error(ErrorCode::RateLimited, &text)
     }
 
-    /// Takes a token from `bucket`; false (and counted) when the message is over the limit.
-    fn admit(
-        bucket: Option<&mut TokenBucket>,
-        limit: Option<&RateLimit>,
-        now: Micros,
-        refused: &mut u64,
-    ) -> bool {
-        let (Some(bucket), Some(limit)) = (bucket, limit) else {
-            return true;
-        };
-        let ok = bucket.try_take(limit, now);
-        if !ok {
-            *refused += 1;
-        }
-        ok
+    /// The answer to a refused message: `Some(error)` the first time its bucket refuses since it last
+    /// admitted one, `None` (drop silently) after that. Counted either way.
+    fn refused(&mut self, by: Limit, tell: bool) -> Option<String> {
+        self.rate_limited_total += 1;
+        tell.then(|| self.rate_limit_error(by))
     }
 
-    /// Updates `history_messages` after a push and says whether to arm a timer.
-    fn account_push(&mut self, pushed: &Pushed) -> Option<Micros> {
-        self.history_messages += usize::from(pushed.stored);
-        self.history_messages -= pushed.dropped;
-        (pushed.stored && pushed.was_empty).then(|| pushed.at.saturating_add(self.ttl))
+    /// Accounts for a push into the history `source` (what `--history-max` dropped, and the message
+    /// itself if kept), then drops the oldest messages until every history together is within
+    /// `--history-max-bytes`. Returns the expiry timer to arm, if the history needs one.
+    fn account_push(&mut self, source: Source, pushed: &Pushed, now: Micros) -> Option<Micros> {
+        self.account_removed(pushed.dropped);
+        if let Some(kept) = pushed.kept {
+            self.history_messages += 1;
+            self.history_bytes += kept.bytes;
+            let (rooms, global) = (&self.rooms, &self.global_history);
+            self.order
+                .push(source, kept.ordinal, |s, o| holds(rooms, global, s, o));
+            self.trim_to_budget(now);
+        }
+        pushed.arm.then(|| pushed.at.saturating_add(self.ttl))
+    }
+
+    fn account_removed(&mut self, removed: Removed) {
+        self.history_messages -= removed.messages;
+        self.history_bytes -= removed.bytes;
+    }
+
+    /// Drops the oldest messages, whatever their history, while every history together holds more
+    /// than `--history-max-bytes`.
+    ///
+    /// The newest message always stays: one larger than the whole budget is stored alone (it was
+    /// received and is being sent anyway, and keeping it keeps ids consecutive in its history), so what
+    /// is held is at most the budget or one message. A history emptied here keeps its expiry timer,
+    /// and a room emptied here is freed by that timer (or when its last member leaves), not here,
+    /// so that no caller's key goes stale under it.
+    fn trim_to_budget(&mut self, now: Micros) {
+        while self.history_bytes > self.cfg.history_max_bytes && self.history_messages > 1 {
+            let Some((source, ordinal)) = self.order.pop_front() else {
+                debug_assert!(false, "bug: messages held but none in the order");
+                return;
+            };
+            let oldest = match source {
+                Source::Global => pop_if_front(&mut self.global_history, ordinal),
+                Source::Room(key) => self.rooms.get_mut(key).and_then(|r| {
+                    pop_if_front(&mut r.history.timeline, ordinal).map(|old| Stamped {
+                        at: old.at,
+                        item: old.item.event,
+                    })
+                }),
+            };
+            // A reference to a message already gone (expired, `--history-max`, a freed room) is
+            // skipped.
+            let Some(old) = oldest else { continue };
+            self.account_removed(Removed {
+                messages: 1,
+                bytes: old.item.buffer_len(),
+            });
+            if old.at.saturating_add(self.ttl) <= now {
+                self.expired_total += 1; // its timer had not run yet
+            } else {
+                self.budget_dropped_total += 1;
+            }
+            self.frames.recycle(old.item);
+        }
     }
 
     // --- global channel `/ws` (SPEC §4.1)
 
-    /// Adds `m` to the global channel, with a full rate-limit bucket.
-    pub fn global_join(&mut self, m: MemberId, now: Micros) {
+    /// Adds `m`, connected from `ip`, to the global channel, with a full rate-limit bucket.
+    pub fn global_join(&mut self, m: MemberId, ip: IpAddr, now: Micros) {
         let bucket = self.new_bucket(now);
-        self.global_members.join(m, bucket);
+        let ip = self.addresses.limit().map(|_| ip);
+        self.global_members.join(m, bucket, ip);
     }
 
     /// Removes `m` from the global channel (no-op for a non-member). O(1).
@@ -292,31 +413,32 @@ impl Chat {
 
     /// A text message from `m` on the global channel.
     ///
-    /// Applies `m`'s rate limit, then stores `text` with its arrival time in the global history (at most
-    /// `history_max`, oldest dropped). The caller sends `text` itself, unchanged, to every
-    /// [`Chat::global_members`]. A sender that is not a global member is not rate limited (it has no
-    /// bucket); the reactor should not let that happen.
+    /// Applies `m`'s rate limits, then stores `text` with its arrival time in the global history (at
+    /// most `history_max`, oldest dropped; and within `history_max_bytes`). The caller sends `text`
+    /// itself, unchanged, to every [`Chat::global_members`]. A sender that is not a global member is
+    /// not rate limited (it has no bucket); the reactor should not let that happen.
     pub fn global_post(&mut self, m: MemberId, text: &str, now: Micros) -> GlobalPost {
-        if let Err(error) = self.global_admit(m, now) {
-            return GlobalPost::RateLimited { error };
+        match self.global_admit(m, now) {
+            Ok(()) => {
+                let (frame, arm_expiry) = self.global_store(text, now);
+                GlobalPost::Broadcast { frame, arm_expiry }
+            }
+            Err(Some(error)) => GlobalPost::RateLimited { error },
+            Err(None) => GlobalPost::Dropped,
         }
-        let (frame, arm_expiry) = self.global_store(text, now);
-        GlobalPost::Broadcast { frame, arm_expiry }
     }
 
-    /// The rate limit half of [`Chat::global_post`]: takes a token from `m`'s bucket, or returns the
-    /// `error` event to send it.
-    pub fn global_admit(&mut self, m: MemberId, now: Micros) -> Result<(), String> {
-        let bucket = self.global_members.bucket_mut(m);
-        if Self::admit(
-            bucket,
-            self.cfg.rate_limit.as_ref(),
-            now,
-            &mut self.rate_limited_total,
-        ) {
-            Ok(())
-        } else {
-            Err(self.rate_limit_error())
+    /// The rate limit half of [`Chat::global_post`]: takes a token from `m`'s bucket and from its
+    /// address's. `Err(Some(error))`: refused, send `error` to `m`; `Err(None)`: refused, and `m` was
+    /// already told (drop it silently).
+    pub fn global_admit(&mut self, m: MemberId, now: Micros) -> Result<(), Option<String>> {
+        let Some((bucket, ip)) = self.global_members.limiter_mut(m) else {
+            return Ok(());
+        };
+        let conn = bucket.zip(self.cfg.rate_limit.as_ref());
+        match ratelimit::admit(conn, &mut self.addresses, ip, now) {
+            Verdict::Admit => Ok(()),
+            Verdict::Refuse { by, tell } => Err(self.refused(by, tell)),
         }
     }
 
@@ -331,7 +453,7 @@ impl Chat {
             .push(at, frame.clone(), self.cfg.history_max, |old| {
                 frames.recycle(old)
             });
-        (frame, self.account_push(&pushed))
+        (frame, self.account_push(Source::Global, &pushed, now))
     }
 
     /// Everyone on the global channel, in no particular order (leaving is a `swap_remove`).
@@ -347,24 +469,28 @@ impl Chat {
         let expired = self
             .global_history
             .expire(now, self.ttl, |old| frames.recycle(old));
-        self.account_expiry(expired.removed);
+        self.account_expiry(expired.removed, now);
         expired.next_due
     }
 
-    fn account_expiry(&mut self, removed: usize) {
-        self.history_messages -= removed;
-        self.expired_total += removed as u64;
+    fn account_expiry(&mut self, removed: Removed, now: Micros) {
+        self.account_removed(removed);
+        self.expired_total += removed.messages as u64;
+        // A timer firing is a good moment to forget the address buckets that filled up again.
+        self.addresses.sweep(now);
     }
 
     // --- rooms `/ws/{room}/{client}` (SPEC §4.2, §4.4)
 
-    /// `m` joins `room` as `client`.
+    /// `m`, connected from `ip`, joins `room` as `client`.
     ///
     /// `room` and `client` are path segments the HTTP layer has already percent-decoded; they are cleaned
-    /// here (controls and `/` removed, trimmed, cut to 64 characters, empty → `general` / `anonymous`) but
-    /// not decoded again. The room is created if needed, with a new epoch. The name is de-duplicated
-    /// (`alice`, `alice#2`, …, smallest free suffix). The `welcome` history follows the recovery rules of
-    /// SPEC §4.2/§4.4 for `resume`.
+    /// here (control and format characters and `/` removed, trimmed, cut to 64 characters, empty →
+    /// `general` / `anonymous`) but not decoded again. The room is created if needed, with a new epoch.
+    /// The name is de-duplicated (`alice`, `alice#2`, …, smallest free suffix). The `welcome` history
+    /// follows the recovery rules of SPEC §4.2/§4.4 for `resume`, cut at `welcome_history_bytes`
+    /// ([`Joined::catch_up`]). `ip` keys the `--rate-limit-per-ip` bucket, which outlives the
+    /// connection: leaving and joining again does not refill it.
     ///
     /// The reactor sends `welcome` to `m` and `join_event` to every other member of
     /// [`Chat::room_members`], and must call [`Chat::leave`] when `m`'s connection ends for any reason.
@@ -373,6 +499,7 @@ impl Chat {
         room: &str,
         client: &str,
         m: MemberId,
+        ip: IpAddr,
         resume: Resume<'_>,
         now: Micros,
     ) -> Joined {
@@ -380,12 +507,13 @@ impl Chat {
         let wanted = names::sanitize_name(client, names::DEFAULT_CLIENT);
         let bucket = self.new_bucket(now);
         let (key, room) = self.rooms.open(&room_name);
-        let name = room.presence.join(m, wanted, bucket).name.to_string();
+        let name = room.presence.join(m, wanted, bucket, ip).name.to_string();
         self.welcome(key, name, resume, now)
     }
 
     /// The `welcome` for `name`, who has just joined `key`, with its history chosen by the recovery
-    /// rules for `resume`, and the `join` event for everyone else. Shared by single-node and cluster joins.
+    /// rules for `resume` and cut at `welcome_history_bytes`, and the `join` event for everyone else.
+    /// Shared by single-node and cluster joins.
     fn welcome(&mut self, key: RoomKey, name: String, resume: Resume<'_>, now: Micros) -> Joined {
         let room = self
             .rooms
@@ -394,6 +522,17 @@ impl Chat {
         let recovery = room
             .history
             .recover(resume.since, resume.epoch, &room.epoch, now, self.ttl);
+        let owed = room.history.timeline.starting_at(recovery.start);
+        // The oldest messages owed, up to the budget: the client shows them first, and the rest
+        // follows in order. A comma each in the array.
+        let (count, cut) = page(
+            owed.clone().map(|e| e.item.event.text_len() + 1),
+            usize::MAX,
+            self.cfg.welcome_history_bytes,
+        );
+        let catch_up = cut
+            .then(|| owed.clone().nth(count - 1).map(|e| e.item.id))
+            .flatten();
         let welcome = events::welcome(
             Welcome {
                 room_id: &room.name,
@@ -402,11 +541,9 @@ impl Chat {
                 ttl_s: self.cfg.ttl_secs,
                 epoch: &room.epoch,
                 recovered: recovery.recovered,
+                history_complete: catch_up.is_none(),
             },
-            room.history
-                .timeline
-                .starting_at(recovery.start)
-                .map(|e| e.item.event.text()),
+            owed.take(count).map(|e| e.item.event.text()),
         );
         let join_event = events::presence(&mut self.frames, Presence::Join, &room.name, &name, now);
         Joined {
@@ -414,7 +551,33 @@ impl Chat {
             name,
             welcome,
             join_event,
+            catch_up,
         }
+    }
+
+    /// The stored `message` events of room `key` after the message `after_id`, oldest first, up to
+    /// `max_bytes` of frames (at least one, however large), for a joiner whose `welcome` was cut
+    /// ([`Joined::catch_up`]). `next` says where to ask from next time, while more remain.
+    ///
+    /// Messages that expire meanwhile are skipped (the client would hide them anyway); messages dropped
+    /// meanwhile by `--history-max` or `--history-max-bytes` are missed, and the client sees a gap in
+    /// the ids. A stale key gives nothing.
+    pub fn catch_up(&self, room: RoomKey, after_id: u64, max_bytes: usize, now: Micros) -> CatchUp {
+        let Some(r) = self.rooms.get(room) else {
+            return CatchUp::default();
+        };
+        let start = r.history.start_after(after_id, now, self.ttl);
+        let owed = r.history.timeline.starting_at(start);
+        let (count, more) = page(
+            owed.clone().map(|e| e.item.event.frame().len()),
+            usize::MAX,
+            max_bytes,
+        );
+        let frames: Vec<EventFrame> = owed.take(count).map(|e| e.item.event.clone()).collect();
+        let next = more
+            .then(|| r.history.timeline.get(start + count - 1).map(|e| e.item.id))
+            .flatten();
+        CatchUp { frames, next }
     }
 
     /// `m` leaves the room `key`.
@@ -443,8 +606,9 @@ impl Chat {
 
     /// A text message from member `m` of room `key`.
     ///
-    /// In order: the sender's rate limit (over it: `Reply` with a `rate_limited` error); then the
-    /// content: text that parses as a JSON object must carry a string `content` (else `Reply` with a
+    /// In order: the sender's rate limits (over one: `Reply` with a `rate_limited` error, or `Ignored`
+    /// when the sender was already told since that bucket last admitted a message); then the content:
+    /// text that parses as a JSON object must carry a string `content` (else `Reply` with a
     /// `bad_request` error), any other text (not JSON, or JSON that is not an object) is the content
     /// itself; the content is trimmed, and empty content is `Ignored`. Otherwise the message gets the
     /// next id, is stored, and its `message` event is returned for every member, the sender included.
@@ -456,8 +620,9 @@ impl Chat {
         }
     }
 
-    /// The checking half of [`Chat::post`]: the sender's rate limit (a token is taken), then the
-    /// content rules; returns the trimmed content to store, or what to answer instead.
+    /// The checking half of [`Chat::post`]: the sender's rate limits (a token is taken from its
+    /// bucket and from its address's), then the content rules; returns the trimmed content to store,
+    /// or what to answer instead.
     pub fn check_post<'t>(
         &mut self,
         key: RoomKey,
@@ -471,14 +636,13 @@ impl Chat {
         let Some(member) = room.presence.get_mut(m) else {
             return Checked::Ignored;
         };
-        if !Self::admit(
-            member.bucket.as_mut(),
-            self.cfg.rate_limit.as_ref(),
-            now,
-            &mut self.rate_limited_total,
-        ) {
-            return Checked::Reply {
-                error: self.rate_limit_error(),
+        let conn = member.bucket.as_mut().zip(self.cfg.rate_limit.as_ref());
+        if let Verdict::Refuse { by, tell } =
+            ratelimit::admit(conn, &mut self.addresses, Some(member.ip), now)
+        {
+            return match self.refused(by, tell) {
+                Some(error) => Checked::Reply { error },
+                None => Checked::Ignored,
             };
         }
         let Some(content) = room_content(text) else {
@@ -514,7 +678,7 @@ impl Chat {
             .keep(at, id, &event, self.cfg.history_max, &mut self.frames);
         Post::Broadcast {
             event,
-            arm_expiry: self.account_push(&pushed),
+            arm_expiry: self.account_push(Source::Room(key), &pushed, now),
         }
     }
 
@@ -541,7 +705,7 @@ impl Chat {
         let room = self.rooms.get_mut(key)?;
         let expired = room.history.expire(now, self.ttl, &mut self.frames);
         let vacant = room.is_vacant();
-        self.account_expiry(expired.removed);
+        self.account_expiry(expired.removed, now);
         if vacant {
             self.rooms.free(key);
         }
@@ -550,14 +714,24 @@ impl Chat {
 
     // --- HTTP views (SPEC §3); each hides what has expired at `now` even if no timer has run yet
 
-    /// `GET /messages`: `{"messages":[{"message":TEXT,"timestamp":UNIX_SECONDS_FLOAT}]}`, the global
-    /// channel's unexpired messages, oldest first.
-    pub fn messages_json(&self, now: Micros) -> String {
-        events::global_messages(
-            self.global_history
-                .live(now, self.ttl)
-                .map(|e| (e.item.text(), e.at)),
-        )
+    /// `GET /messages[?limit=N]`: `{"messages":[{"message":TEXT,"timestamp":UNIX_SECONDS_FLOAT}]}`, the
+    /// global channel's unexpired messages, oldest first.
+    ///
+    /// At most `limit` messages (default and maximum [`HISTORY_PAGE_MESSAGES`], at least 1) and
+    /// [`HISTORY_PAGE_BYTES`] (but always one message if there is one): the newest that fit, so the
+    /// answer shows what is being said now. When older ones were left out it carries `"more":true`;
+    /// the global channel has no ids to page by, so they are out of reach of this view.
+    pub fn messages_json(&self, limit: Option<usize>, now: Micros) -> String {
+        let live = self.global_history.live(now, self.ttl);
+        let (count, more) = page(
+            live.clone()
+                .rev()
+                .map(|e| events::json_str_len(e.item.text()) + events::GLOBAL_ENTRY_OVERHEAD),
+            page_limit(limit),
+            HISTORY_PAGE_BYTES - PAGE_HEAD_BYTES,
+        );
+        let skip = live.len() - count;
+        events::global_messages(live.skip(skip).map(|e| (e.item.text(), e.at)), more)
     }
 
     /// `GET /rooms`: `{"rooms":[{"room_id":R,"users":N,"messages":N}]}` for the rooms with someone in them
@@ -577,48 +751,122 @@ impl Chat {
         events::rooms(&rows)
     }
 
-    /// `GET /rooms/{room}/messages[?since=ID]`: `{"room_id":R,"ttl_s":N,"messages":[MESSAGE_EVENT...]}`,
-    /// unexpired messages oldest first, only ids greater than `since` when given. `room` is an already
-    /// decoded path segment, cleaned as in [`Chat::join`]; an unknown room has an empty list.
-    pub fn room_messages_json(&self, room: &str, since: Option<u64>, now: Micros) -> String {
+    /// `GET /rooms/{room}/messages[?since=ID][&limit=N]`:
+    /// `{"room_id":R,"ttl_s":N,"messages":[MESSAGE_EVENT...]}`, unexpired messages oldest first, only
+    /// ids greater than `since` when given. `room` is an already decoded path segment, cleaned as in
+    /// [`Chat::join`]; an unknown room has an empty list.
+    ///
+    /// At most `limit` messages (default and maximum [`HISTORY_PAGE_MESSAGES`], at least 1) and
+    /// [`HISTORY_PAGE_BYTES`] (but always one message if there is one), the oldest first. When cut,
+    /// the answer carries `"more":true` (absent otherwise), and the client asks again with
+    /// `?since=` the last id it got.
+    pub fn room_messages_json(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        limit: Option<usize>,
+        now: Micros,
+    ) -> String {
         let name = names::sanitize_name(room, names::DEFAULT_ROOM);
         let ttl_s = self.cfg.ttl_secs;
         let Some(room) = self.rooms.find(&name) else {
-            return events::room_messages(&name, ttl_s, std::iter::empty());
+            return events::room_messages(&name, ttl_s, false, std::iter::empty());
         };
         let history = &room.history;
         let start = match since {
             Some(since) => history.start_after(since, now, self.ttl),
             None => history.timeline.live_start(now, self.ttl),
         };
+        let owed = history.timeline.starting_at(start);
+        let (count, more) = page(
+            owed.clone().map(|e| e.item.event.text_len() + 1),
+            page_limit(limit),
+            HISTORY_PAGE_BYTES - PAGE_HEAD_BYTES,
+        );
         events::room_messages(
             &room.name,
             ttl_s,
-            history
-                .timeline
-                .starting_at(start)
-                .map(|e| e.item.event.text()),
+            more,
+            owed.take(count).map(|e| e.item.event.text()),
         )
     }
 
-    /// Live rooms and retained messages, O(1).
+    /// `--welcome-history-bytes`: the most history bytes in one `welcome`, and in one part of the
+    /// catch-up that follows it.
+    pub fn welcome_history_bytes(&self) -> usize {
+        self.cfg.welcome_history_bytes
+    }
+
+    /// Live rooms, retained messages and their bytes, O(1).
     pub fn counts(&self) -> Counts {
         Counts {
             rooms: self.rooms.len(),
             history_messages: self.history_messages,
+            history_bytes: self.history_bytes,
         }
     }
 
     /// Messages removed by expiry so far, rooms and global (`wisp_messages_expired_total`); messages
-    /// dropped by `--history-max` are not counted.
+    /// dropped by `--history-max` are not counted, nor those dropped by `--history-max-bytes` before
+    /// their time.
     pub fn expired_total(&self) -> u64 {
         self.expired_total
     }
 
-    /// Messages refused by the rate limit so far (`wisp_rate_limited_total`).
+    /// Messages dropped before their time to keep every history within `--history-max-bytes`
+    /// (`wisp_history_dropped_total`).
+    pub fn history_dropped_total(&self) -> u64 {
+        self.budget_dropped_total
+    }
+
+    /// Messages refused by the rate limits so far, told or not (`wisp_rate_limited_total`).
     pub fn rate_limited_total(&self) -> u64 {
         self.rate_limited_total
     }
+}
+
+/// Whether the message `ordinal` of `source` is still held.
+fn holds(rooms: &Rooms, global: &Timeline<EventFrame>, source: Source, ordinal: u64) -> bool {
+    match source {
+        Source::Global => global.holds(ordinal),
+        Source::Room(key) => rooms
+            .get(key)
+            .is_some_and(|r| r.history.timeline.holds(ordinal)),
+    }
+}
+
+/// Removes the oldest entry of `timeline` if it is the one with `ordinal`; `None` if that one is gone
+/// already.
+fn pop_if_front<T: Held>(timeline: &mut Timeline<T>, ordinal: u64) -> Option<Stamped<T>> {
+    if timeline.front_ordinal() == Some(ordinal) {
+        timeline.pop_front()
+    } else {
+        // Budget order and history order agree, so anything older in this history has left it.
+        debug_assert!(!timeline.holds(ordinal), "bug: budget order out of step");
+        None
+    }
+}
+
+/// How many of the items weighing `sizes` (in order) fit in `max_items` and `max_bytes`, at least one
+/// if there is one; and whether some were left out.
+fn page(sizes: impl Iterator<Item = usize>, max_items: usize, max_bytes: usize) -> (usize, bool) {
+    let mut count = 0;
+    let mut bytes = 0usize;
+    for size in sizes {
+        if count == max_items || (count > 0 && bytes.saturating_add(size) > max_bytes) {
+            return (count, true);
+        }
+        bytes = bytes.saturating_add(size);
+        count += 1;
+    }
+    (count, false)
+}
+
+/// `?limit=` as asked, within `1..=HISTORY_PAGE_MESSAGES`; the maximum when not given.
+fn page_limit(limit: Option<usize>) -> usize {
+    limit
+        .unwrap_or(HISTORY_PAGE_MESSAGES)
+        .clamp(1, HISTORY_PAGE_MESSAGES)
 }
 
 /// The content of a room message (SPEC §4.4), or `None` for a JSON object without a string `content`.

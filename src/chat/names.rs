@@ -17,8 +17,8 @@ pub(crate) const DEFAULT_ROOM: &str = "general";
 pub(crate) const DEFAULT_CLIENT: &str = "anonymous";
 
 /// Cleans a raw (still percent-encoded) path segment into a name: percent-decode (invalid UTF-8 is
-/// replaced by U+FFFD), remove control characters and `/`, trim, cut to 64 Unicode characters; an empty
-/// result becomes `default`.
+/// replaced by U+FFFD), remove control characters, format characters ([`is_format`]) and `/`, trim,
+/// cut to 64 Unicode characters; an empty result becomes `default`.
 ///
 /// [`super::Chat::join`] and [`super::Chat::room_messages_json`] take segments the HTTP layer has already
 /// decoded and therefore apply only the second half (`sanitize_name`): decoding twice would turn a
@@ -31,7 +31,7 @@ pub fn clean_name(raw: &str, default: &str) -> String {
 pub(crate) fn sanitize_name(decoded: &str, default: &str) -> String {
     let kept: String = decoded
         .chars()
-        .filter(|&c| !c.is_control() && c != '/')
+        .filter(|&c| !c.is_control() && !is_format(c) && c != '/')
         .collect();
     // Trim again after the cut: a space at position 64 would otherwise end the name.
     let cut: String = kept.trim().chars().take(MAX_NAME_CHARS).collect();
@@ -41,6 +41,57 @@ pub(crate) fn sanitize_name(decoded: &str, default: &str) -> String {
     } else {
         cut.to_owned()
     }
+}
+
+/// The Unicode format characters (general category Cf), as ranges in code point order.
+///
+/// They are invisible (zero-width spaces and joiners, the soft hyphen, bidi embeddings and
+/// overrides, tags), so a name holding one looks like another name: `alice` followed by U+200B
+/// would pass for `alice`, and a bidi override can make a name read backwards (SPEC §3, §4.4).
+/// Unicode 15 tables; checked against Python's `unicodedata.category` (Unicode 14.0 there, which
+/// lists the same ranges but for U+13439–U+1343F, made Cf by Unicode 15.0). A newer Unicode may add
+/// some: this table is then to be extended, nothing else depends on it.
+const FORMAT_RANGES: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+/// Whether `c` is a Unicode format character (category Cf, [`FORMAT_RANGES`]). ASCII and most
+/// text are answered by the first comparison; the rest by a binary search over 21 ranges.
+pub(crate) fn is_format(c: char) -> bool {
+    if c < '\u{00AD}' {
+        return false;
+    }
+    FORMAT_RANGES
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
 }
 
 /// Decodes `%XX` escapes (RFC 3986 §2.1); a `%` not followed by two hex digits is kept as it is, since a
@@ -173,10 +224,42 @@ mod tests {
             ("   ", "dflt"),
             ("%2F/%0A", "dflt"),
             ("alice#2", "alice#2"),
+            // Format characters (Cf) go like controls.
+            ("alice%E2%80%8B", "alice"),
+            ("%E2%80%8Ealice%E2%80%AE", "alice"),
+            ("a\u{AD}b\u{FEFF}c\u{E0041}d\u{13439}e", "abcde"),
+            ("%E2%80%8B%E2%80%8C%E2%80%8D", "dflt"),
+            // Neighbours of format characters are kept.
+            (
+                "\u{AC}\u{AE}\u{2010}\u{2065}\u{FEFE}",
+                "\u{AC}\u{AE}\u{2010}\u{2065}\u{FEFE}",
+            ),
         ];
         for &(raw, want) in table {
             assert_eq!(clean_name(raw, "dflt"), want, "raw = {raw:?}");
         }
+    }
+
+    #[test]
+    fn every_format_range_is_removed_and_nothing_next_to_it() {
+        assert!(
+            FORMAT_RANGES.windows(2).all(|w| w[0].1 < w[1].0),
+            "sorted, disjoint"
+        );
+        for &(lo, hi) in FORMAT_RANGES {
+            for cp in lo as u32..=hi as u32 {
+                let c = char::from_u32(cp).unwrap();
+                assert!(is_format(c), "U+{cp:04X}");
+                assert_eq!(sanitize_name(&format!("x{c}y"), "d"), "xy", "U+{cp:04X}");
+            }
+        }
+        // Everything else below U+E0080 that is not a control or `/` is kept.
+        let kept = (0..0xE0080u32)
+            .filter_map(char::from_u32)
+            .filter(|&c| !c.is_control() && c != '/')
+            .filter(|&c| !FORMAT_RANGES.iter().any(|&(lo, hi)| lo <= c && c <= hi))
+            .all(|c| !is_format(c));
+        assert!(kept);
     }
 
     #[test]

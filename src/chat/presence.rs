@@ -1,10 +1,11 @@
 //! Who is connected where: the global channel's members and a room's members with their names.
 //!
-//! Owns membership, the per-member rate-limit bucket and name de-duplication (the text rules are in
+//! Owns membership, the per-member rate-limit bucket and peer address, and name de-duplication (the text rules are in
 //! [`super::names`]). Which connection a [`MemberId`] is, and sending to it, is the reactor's business.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 
 use super::ratelimit::TokenBucket;
 use super::{names, MemberId};
@@ -44,8 +45,9 @@ pub(crate) type IdMap<V> = HashMap<MemberId, V, BuildHasherDefault<IdHasher>>;
 ///
 /// Order does not matter there (every member gets every message), so leaving is a `swap_remove`: O(1)
 /// join and leave however many are connected. Every idle `/ws` connection pays for this structure, so it
-/// is kept dense (SPEC §1): 8 bytes in `members`, 16 in `buckets` when rate limiting is on, and 4 in
-/// `pos` — where a hash map from id to position cost about 70 bytes a member.
+/// is kept dense (SPEC §1): 8 bytes in `members`, 16 in `buckets` when rate limiting is on, 17 in `ips`
+/// when the per-address limit is on, and 4 in `pos` — where a hash map from id to position cost about
+/// 70 bytes a member.
 #[derive(Debug, Default)]
 pub(crate) struct GlobalPresence {
     /// The fan-out list, handed to the reactor as a slice.
@@ -53,6 +55,9 @@ pub(crate) struct GlobalPresence {
     /// Rate-limit buckets, parallel to `members`; empty when rate limiting is off.
     /// INVARIANT: empty, or `buckets.len() == members.len()`.
     buckets: Vec<TokenBucket>,
+    /// Peer addresses, parallel to `members`, for `--rate-limit-per-ip`; empty when that is off.
+    /// INVARIANT: empty, or `ips.len() == members.len()`.
+    ips: Vec<IpAddr>,
     /// Position in `members` by slot: the low 32 bits of a [`MemberId`], which the reactor keeps dense
     /// (its slab index). `NO_POS` where no member has that slot.
     /// INVARIANT: `pos[slot(members[i])] == i` for every `i`.
@@ -66,8 +71,9 @@ fn slot(m: MemberId) -> usize {
 }
 
 impl GlobalPresence {
-    /// Adds `m`; a second join of the same member only replaces its bucket.
-    pub(crate) fn join(&mut self, m: MemberId, bucket: Option<TokenBucket>) {
+    /// Adds `m` with its rate-limit bucket and, when the per-address limit is on, its address; a second
+    /// join of the same member only replaces its bucket.
+    pub(crate) fn join(&mut self, m: MemberId, bucket: Option<TokenBucket>, ip: Option<IpAddr>) {
         let s = slot(m);
         if self.pos.len() <= s {
             self.pos.resize(s + 1, NO_POS);
@@ -90,7 +96,11 @@ impl GlobalPresence {
         if let Some(b) = bucket {
             self.buckets.push(b);
         }
+        if let Some(ip) = ip {
+            self.ips.push(ip);
+        }
         debug_assert!(self.buckets.is_empty() || self.buckets.len() == self.members.len());
+        debug_assert!(self.ips.is_empty() || self.ips.len() == self.members.len());
     }
 
     /// Removes `m`; false if it was not a member.
@@ -101,6 +111,9 @@ impl GlobalPresence {
         self.members.swap_remove(i);
         if !self.buckets.is_empty() {
             self.buckets.swap_remove(i);
+        }
+        if !self.ips.is_empty() {
+            self.ips.swap_remove(i);
         }
         self.pos[slot(m)] = NO_POS;
         if let Some(&moved) = self.members.get(i) {
@@ -113,10 +126,14 @@ impl GlobalPresence {
         &self.members
     }
 
-    /// The bucket of `m`; `None` for a non-member or when rate limiting is off.
-    pub(crate) fn bucket_mut(&mut self, m: MemberId) -> Option<&mut TokenBucket> {
+    /// The bucket of `m` (`None` when rate limiting is off) and its address (`None` when the
+    /// per-address limit is off); `None` for a non-member.
+    pub(crate) fn limiter_mut(
+        &mut self,
+        m: MemberId,
+    ) -> Option<(Option<&mut TokenBucket>, Option<IpAddr>)> {
         let i = self.position(m)?;
-        self.buckets.get_mut(i)
+        Some((self.buckets.get_mut(i), self.ips.get(i).copied()))
     }
 
     /// Where `m` is in `members`, if it is a member (the same slot with another generation is not).
@@ -133,6 +150,8 @@ pub(crate) struct RoomMember {
     pub(crate) name: Box<str>,
     /// `None` when rate limiting is off.
     pub(crate) bucket: Option<TokenBucket>,
+    /// The peer address, for `--rate-limit-per-ip`.
+    pub(crate) ip: IpAddr,
 }
 
 /// The members of one room, in join order.
@@ -163,6 +182,7 @@ impl RoomPresence {
         m: MemberId,
         wanted: String,
         bucket: Option<TokenBucket>,
+        ip: IpAddr,
     ) -> &RoomMember {
         if self.members.contains_key(&m) {
             debug_assert!(false, "bug: {m:?} joined the same room twice");
@@ -179,7 +199,9 @@ impl RoomPresence {
         };
         self.names.insert(name.clone());
         self.order.push(m);
-        self.members.entry(m).or_insert(RoomMember { name, bucket })
+        self.members
+            .entry(m)
+            .or_insert(RoomMember { name, bucket, ip })
     }
 
     /// Cluster mode: adds `m` under `name`, already de-duplicated by the cluster. Should the name be in
@@ -190,14 +212,17 @@ impl RoomPresence {
         m: MemberId,
         name: String,
         bucket: Option<TokenBucket>,
+        ip: IpAddr,
     ) -> &RoomMember {
         if self.names.contains(name.as_str()) || self.members.contains_key(&m) {
-            return self.join(m, name, bucket);
+            return self.join(m, name, bucket, ip);
         }
         let name: Box<str> = name.into();
         self.names.insert(name.clone());
         self.order.push(m);
-        self.members.entry(m).or_insert(RoomMember { name, bucket })
+        self.members
+            .entry(m)
+            .or_insert(RoomMember { name, bucket, ip })
     }
 
     /// The name of member `m`, if it is one.
@@ -273,13 +298,16 @@ mod tests {
             assert_eq!(p.pos[slot(*m)] as usize, i);
         }
         assert!(p.buckets.is_empty() || p.buckets.len() == p.members.len());
+        assert!(p.ips.is_empty() || p.ips.len() == p.members.len());
     }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn global_join_leave_keeps_the_index() {
         let mut p = GlobalPresence::default();
         for i in 0..5 {
-            p.join(MemberId(i), None);
+            p.join(MemberId(i), None, Some(IpAddr::from([10, 0, 0, i as u8])));
         }
         check_global(&p);
         assert!(p.leave(MemberId(1)));
@@ -291,6 +319,14 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, [0, 2, 3]);
         for m in [0, 2, 3] {
+            let (_, ip) = p.limiter_mut(MemberId(m)).unwrap();
+            assert_eq!(
+                ip,
+                Some(IpAddr::from([10, 0, 0, m as u8])),
+                "addresses follow the swaps"
+            );
+        }
+        for m in [0, 2, 3] {
             assert!(p.leave(MemberId(m)));
         }
         check_global(&p);
@@ -301,7 +337,7 @@ mod tests {
     fn room_keeps_join_order_and_names() {
         let mut p = RoomPresence::default();
         let name = |p: &mut RoomPresence, m: u64, n: &str| {
-            p.join(MemberId(m), n.into(), None).name.to_string()
+            p.join(MemberId(m), n.into(), None, IP).name.to_string()
         };
         assert_eq!(name(&mut p, 1, "alice"), "alice");
         assert_eq!(name(&mut p, 2, "bob"), "bob");

@@ -22,7 +22,9 @@
 //! every room a local epoch, so clients resuming across the outage are told `recovered: false`.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
+use super::budget::Source;
 use super::events::{self, EventFrame, FramePool, Presence};
 use super::history::Pushed;
 use super::{names, Chat, Joined, MemberId, Micros, Resume, RoomKey};
@@ -109,16 +111,20 @@ pub fn clean_client(decoded: &str) -> String {
 }
 
 impl Chat {
-    /// Cluster mode: `m` joins `room` (already cleaned) as `name`, the name the cluster gave it, in
-    /// epoch `epoch`. `welcome` lists everyone the replica knows of (here and elsewhere) and its history
-    /// follows SPEC §4.2 recovery over the cluster's ids. `join_event` is not for sending: the cluster
-    /// delivers the `join` to everyone (see [`Chat::cluster_presence`]).
+    /// Cluster mode: `m`, connected from `ip`, joins `room` (already cleaned) as `name`, the name the
+    /// cluster gave it, in epoch `epoch`. `welcome` lists everyone the replica knows of (here and
+    /// elsewhere) and its history follows SPEC §4.2 recovery over the cluster's ids, cut as in
+    /// [`Chat::join`] (then [`Chat::catch_up`] works on the replica's history the same way).
+    /// `join_event` is not for sending: the cluster delivers the `join` to everyone (see
+    /// [`Chat::cluster_presence`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn cluster_join(
         &mut self,
         room: &str,
         name: &str,
         epoch: &str,
         m: MemberId,
+        ip: IpAddr,
         resume: Resume<'_>,
         now: Micros,
     ) -> Joined {
@@ -129,7 +135,7 @@ impl Chat {
         room.remote.retain(|n| **n != *name);
         let name = room
             .presence
-            .join_exact(m, name.to_owned(), bucket)
+            .join_exact(m, name.to_owned(), bucket, ip)
             .name
             .to_string();
         self.welcome(key, name, resume, now)
@@ -154,7 +160,7 @@ impl Chat {
         r.history.set_last_id(msg.id);
         let (event, pushed) = store_message(&mut self.frames, r, msg, max);
         let vacant = r.is_vacant();
-        let arm = self.account_push(&pushed);
+        let arm = self.account_push(Source::Room(key), &pushed, msg.at);
         if vacant {
             // `--history-max 0` and nobody in the room: nothing to keep.
             self.rooms.free(key);
@@ -249,26 +255,33 @@ impl Chat {
             in_image.insert(&img.room);
             let (key, _) = self.rooms.open(&img.room);
             let r = self.rooms.get_mut(key).expect("bug: room just opened");
-            let mut dropped = r.history.reset();
+            let dropped = r.history.reset(&mut self.frames);
             r.epoch = img.epoch.as_str().into();
-            let mut stored = 0;
+            self.account_removed(dropped);
+            let mut arm = None;
             for msg in &img.messages {
+                // Every message goes through the budget, so an image larger than it keeps its newest.
+                let Some(r) = self.rooms.get_mut(key) else {
+                    break;
+                };
                 let (_, pushed) = store_message(&mut self.frames, r, msg, max);
-                stored += usize::from(pushed.stored);
-                dropped += pushed.dropped;
+                arm = arm.or(self.account_push(Source::Room(key), &pushed, now));
             }
+            let Some(r) = self.rooms.get_mut(key) else {
+                continue;
+            };
             r.history.set_last_id(img.seq.max(r.history.last_id()));
-            if let Some(first) = r.history.timeline.get(0) {
-                out.arm_rooms.push((key, first.at.saturating_add(self.ttl)));
+            // Only when no timer is pending: one armed earlier fires and finds these messages.
+            if let Some(due) = arm {
+                out.arm_rooms.push((key, due));
             }
             let remote: Vec<Box<str>> = img.remote.iter().map(|n| n.as_str().into()).collect();
             Self::diff_remote(&mut self.frames, r, key, remote, now, &mut out.deliveries);
-            self.history_messages = self.history_messages + stored - dropped;
         }
         for key in self.rooms.keys() {
             let r = self.rooms.get_mut(key).expect("bug: listed key is live");
             if !in_image.contains(&*r.name) {
-                let dropped = r.history.reset();
+                let dropped = r.history.reset(&mut self.frames);
                 Self::diff_remote(
                     &mut self.frames,
                     r,
@@ -277,14 +290,17 @@ impl Chat {
                     now,
                     &mut out.deliveries,
                 );
-                self.history_messages -= dropped;
+                self.account_removed(dropped);
             }
             let r = self.rooms.get(key).expect("bug: listed key is live");
             if r.is_vacant() {
                 self.rooms.free(key);
             }
         }
-        self.history_messages -= self.global_history.clear();
+        let frames = &mut self.frames;
+        let dropped = self.global_history.clear(|old| frames.recycle(old));
+        self.account_removed(dropped);
+        let mut arm_global = None;
         for (at, text) in &image.global {
             let at = self.global_history.stamp(*at);
             let frame = self.frames.raw(text);
@@ -292,15 +308,10 @@ impl Chat {
             let pushed = self
                 .global_history
                 .push(at, frame, self.cfg.history_max, |old| frames.recycle(old));
-            self.history_messages += usize::from(pushed.stored);
-            self.history_messages -= pushed.dropped;
+            arm_global = arm_global.or(self.account_push(Source::Global, &pushed, now));
         }
         self.cluster_global_seq = image.global_seq;
-        out.arm_global = self
-            .global_history
-            .live(0, self.ttl)
-            .next()
-            .map(|e| e.at.saturating_add(self.ttl));
+        out.arm_global = arm_global;
         out
     }
 
@@ -323,9 +334,9 @@ impl Chat {
             return;
         };
         if *r.epoch != *epoch {
-            let dropped = r.history.reset();
+            let dropped = r.history.reset(&mut self.frames);
             r.epoch = epoch.into();
-            self.history_messages -= dropped;
+            self.account_removed(dropped);
         }
     }
 

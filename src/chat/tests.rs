@@ -1,5 +1,7 @@
 //! Chat scenarios through the public API, with a fake `now` and no sockets.
 
+use std::net::IpAddr;
+
 use serde_json::{json, Value};
 
 use super::*;
@@ -17,12 +19,33 @@ fn chat() -> Chat {
 fn chat_with(history_max: usize, rate_limit: Option<RateLimit>) -> Chat {
     Chat::new(
         ChatConfig {
-            ttl_secs: TTL_S,
-            history_max,
             rate_limit,
+            history_max,
+            ..config()
         },
         0x5eed,
     )
+}
+
+/// The defaults of the options, for a test to change what it is about.
+fn config() -> ChatConfig {
+    ChatConfig {
+        ttl_secs: TTL_S,
+        history_max: 1000,
+        history_max_bytes: 64 << 20,
+        welcome_history_bytes: 256 << 10,
+        rate_limit: None,
+        rate_limit_per_ip: None,
+    }
+}
+
+/// The address every test member connects from, unless the test is about addresses.
+const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Live rooms and retained messages.
+fn sizes(c: &Chat) -> (usize, usize) {
+    let counts = c.counts();
+    (counts.rooms, counts.history_messages)
 }
 
 /// Event text, from a `String` (welcome, error) or an [`EventFrame`] (room events).
@@ -54,11 +77,11 @@ fn parse<T: Text + ?Sized>(s: &T) -> Value {
 }
 
 fn join(c: &mut Chat, room: &str, client: &str, m: u64, now: Micros) -> Joined {
-    c.join(room, client, MemberId(m), Resume::default(), now)
+    c.join(room, client, MemberId(m), IP, Resume::default(), now)
 }
 
 fn resume(c: &mut Chat, m: u64, since: Option<u64>, epoch: Option<&str>, now: Micros) -> Value {
-    let j = c.join("r", "x", MemberId(m), Resume { since, epoch }, now);
+    let j = c.join("r", "x", MemberId(m), IP, Resume { since, epoch }, now);
     let w = parse(&j.welcome);
     c.leave(j.key, MemberId(m), now);
     w
@@ -289,13 +312,7 @@ fn room_with_messages_outlives_its_members_then_gets_a_new_epoch() {
     };
     assert_eq!(arm_expiry, Some(T0 + TTL));
     assert_eq!(c.leave(a.key, MemberId(1), T0), None);
-    assert_eq!(
-        c.counts(),
-        Counts {
-            rooms: 1,
-            history_messages: 1
-        }
-    );
+    assert_eq!(sizes(&c), (1, 1));
 
     // The room is kept for its message; a rejoin sees the same epoch and history.
     let b = join(&mut c, "r", "bob", 2, T0 + S);
@@ -314,13 +331,8 @@ fn room_with_messages_outlives_its_members_then_gets_a_new_epoch() {
     );
     assert_eq!(c.counts().rooms, 1);
     assert_eq!(c.expire_room(a.key, T0 + TTL), None);
-    assert_eq!(
-        c.counts(),
-        Counts {
-            rooms: 0,
-            history_messages: 0
-        }
-    );
+    assert_eq!(sizes(&c), (0, 0));
+    assert_eq!(c.counts().history_bytes, 0);
     assert_eq!(c.expired_total(), 1);
     assert!(c.room_members(a.key).is_empty());
 
@@ -344,9 +356,8 @@ fn epochs_differ_between_daemons() {
     let mut c1 = chat();
     let mut c2 = Chat::new(
         ChatConfig {
-            ttl_secs: TTL_S,
             history_max: 10,
-            rate_limit: None,
+            ..config()
         },
         0xface,
     );
@@ -372,8 +383,12 @@ fn expiry_and_timer_rescheduling() {
     assert_eq!(arm(c.post(a.key, MemberId(1), "3", T0 + 20 * S)), None);
 
     // Not expired 1 µs before the TTL, gone at it; the next due time follows.
-    let at =
-        |c: &Chat, now| history_ids_of(&parse(&c.room_messages_json("r", None, now)), "messages");
+    let at = |c: &Chat, now| {
+        history_ids_of(
+            &parse(&c.room_messages_json("r", None, None, now)),
+            "messages",
+        )
+    };
     assert_eq!(at(&c, T0 + TTL - 1), [1, 2, 3]);
     assert_eq!(
         at(&c, T0 + TTL),
@@ -384,14 +399,7 @@ fn expiry_and_timer_rescheduling() {
     // A late timer removes everything due at once.
     assert_eq!(c.expire_room(a.key, T0 + 25 * S + TTL), None);
     assert_eq!(c.expired_total(), 3);
-    assert_eq!(
-        c.counts(),
-        Counts {
-            rooms: 1,
-            history_messages: 0
-        },
-        "a is still in it"
-    );
+    assert_eq!(sizes(&c), (1, 0), "a is still in it");
     // Empty again: the next post arms a timer again.
     assert_eq!(
         arm(c.post(a.key, MemberId(1), "4", T0 + 2 * TTL)),
@@ -415,7 +423,7 @@ fn history_max_drops_oldest() {
     for i in 0..5 {
         say(&mut c, a.key, 1, &format!("m{i}"), T0 + i);
     }
-    let v = parse(&c.room_messages_json("r", None, T0 + 10));
+    let v = parse(&c.room_messages_json("r", None, None, T0 + 10));
     assert_eq!(history_ids_of(&v, "messages"), [3, 4, 5]);
     assert_eq!(c.counts().history_messages, 3);
     assert_eq!(c.expired_total(), 0, "drops by history_max are not expiry");
@@ -468,8 +476,13 @@ fn recovery_table() {
         got(resume(&mut c, 1, None, None, now)),
         (vec![1, 2, 3, 4, 5], true)
     );
+    // An epoch that is not the room's wins, even without a `since` (absent, or not a number).
     assert_eq!(
         got(resume(&mut c, 1, None, Some("other"), now)),
+        (vec![1, 2, 3, 4, 5], false)
+    );
+    assert_eq!(
+        got(resume(&mut c, 1, None, Some(&e), now)),
         (vec![1, 2, 3, 4, 5], true)
     );
     assert_eq!(
@@ -573,18 +586,15 @@ fn room_rate_limit_and_refill() {
     say(&mut c, a.key, 1, "2", T0);
     let p = c.post(a.key, MemberId(1), "3", T0);
     assert_eq!(error_code(&p), "rate_limited");
-    // Rate limit comes first: even a bad request or empty text costs a token and is refused.
-    assert_eq!(
-        error_code(&c.post(a.key, MemberId(1), "{}", T0)),
-        "rate_limited"
-    );
+    // Rate limit comes first: even a bad request is refused, silently now that a was told.
+    assert_eq!(c.post(a.key, MemberId(1), "{}", T0), Post::Ignored);
     assert_eq!(c.rate_limited_total(), 2);
     // Per member: b still has its tokens.
     say(&mut c, b.key, 2, "b1", T0);
     // One token every 5 s.
     assert_eq!(
-        error_code(&c.post(a.key, MemberId(1), "x", T0 + 5 * S - 1)),
-        "rate_limited"
+        c.post(a.key, MemberId(1), "x", T0 + 5 * S - 1),
+        Post::Ignored
     );
     assert_eq!(say(&mut c, a.key, 1, "4", T0 + 5 * S)["id"], 4);
     assert_eq!(
@@ -630,7 +640,7 @@ fn global_channel() {
         }),
     );
     for m in 1..=4 {
-        c.global_join(MemberId(m), T0);
+        c.global_join(MemberId(m), IP, T0);
     }
     c.global_leave(MemberId(2));
     c.global_leave(MemberId(2));
@@ -651,9 +661,16 @@ fn global_channel() {
         other => panic!("{other:?}"),
     }
     assert_eq!(c.rate_limited_total(), 1);
+    // Told once: the next refusals are silent until the bucket admits one again.
+    assert_eq!(
+        c.global_post(MemberId(1), "still too many", T0 + S),
+        GlobalPost::Dropped
+    );
+    assert_eq!(c.global_admit(MemberId(1), T0 + S), Err(None));
+    assert_eq!(c.rate_limited_total(), 3);
     // Texts are kept exactly as sent (no trimming, no JSON), with Unix-seconds timestamps.
     assert_eq!(
-        parse(&c.messages_json(T0 + S)),
+        parse(&c.messages_json(None, T0 + S)),
         json!({"messages": [
             {"message": "  raw {\"x\"}  ", "timestamp": 1_795_255_200.0},
             {"message": "", "timestamp": 1_795_255_200.5},
@@ -662,7 +679,7 @@ fn global_channel() {
     c.global_post(MemberId(3), "c1", T0 + 2 * S);
     c.global_post(MemberId(3), "c2", T0 + 3 * S); // history_max 3: the first is dropped
     let texts = |c: &Chat, now| -> Vec<String> {
-        parse(&c.messages_json(now))["messages"]
+        parse(&c.messages_json(None, now))["messages"]
             .as_array()
             .unwrap()
             .iter()
@@ -685,7 +702,7 @@ fn global_channel() {
     assert_eq!(c.expire_global(T0 + 3 * S + TTL), None);
     assert_eq!(c.expired_total(), 3);
     assert_eq!(c.counts().history_messages, 0);
-    assert_eq!(parse(&c.messages_json(T0)), json!({"messages": []}));
+    assert_eq!(parse(&c.messages_json(None, T0)), json!({"messages": []}));
     // Empty again: the next post arms the timer again.
     assert_eq!(
         broadcast(c.global_post(MemberId(4), "again", T0 + 2 * TTL)),
@@ -705,7 +722,7 @@ fn broadcast(post: GlobalPost) -> (String, Option<Micros>) {
 fn global_members_scale() {
     let mut c = chat();
     for m in 0..10_000 {
-        c.global_join(MemberId(m), T0);
+        c.global_join(MemberId(m), IP, T0);
     }
     for m in (0..10_000).step_by(2) {
         c.global_leave(MemberId(m));
@@ -739,19 +756,13 @@ fn rooms_view() {
         parse(&c.rooms_json(T0 + S + TTL)),
         json!({"rooms": [{"room_id": "beta", "users": 2, "messages": 0}]})
     );
-    assert_eq!(
-        c.counts(),
-        Counts {
-            rooms: 2,
-            history_messages: 3
-        }
-    );
+    assert_eq!(sizes(&c), (2, 3));
 }
 
 #[test]
 fn room_messages_view() {
     let (c, _) = five_messages(1000);
-    let v = parse(&c.room_messages_json("r", None, T0 + 10 * S));
+    let v = parse(&c.room_messages_json("r", None, None, T0 + 10 * S));
     assert_eq!(
         (v["room_id"].clone(), v["ttl_s"].clone()),
         (json!("r"), json!(60))
@@ -763,16 +774,16 @@ fn room_messages_view() {
         json!({"type": "message", "id": 1, "room_id": "r", "client_id": "keeper", "content": "m1",
                "timestamp": "2026-11-21T10:00:00.000000Z"})
     );
-    let v = parse(&c.room_messages_json(" r\u{0} ", Some(3), T0 + 10 * S));
+    let v = parse(&c.room_messages_json(" r\u{0} ", Some(3), None, T0 + 10 * S));
     assert_eq!(history_ids_of(&v, "messages"), [4, 5]);
-    let v = parse(&c.room_messages_json("r", Some(1), T0 + S + TTL));
+    let v = parse(&c.room_messages_json("r", Some(1), None, T0 + S + TTL));
     assert_eq!(history_ids_of(&v, "messages"), [3, 4, 5]);
     assert_eq!(
-        parse(&c.room_messages_json("nobody/", Some(1), T0)),
+        parse(&c.room_messages_json("nobody/", Some(1), None, T0)),
         json!({"room_id": "nobody", "ttl_s": 60, "messages": []})
     );
     assert_eq!(
-        parse(&c.room_messages_json("", None, T0)),
+        parse(&c.room_messages_json("", None, None, T0)),
         json!({"room_id": "general", "ttl_s": 60, "messages": []})
     );
 }
@@ -806,4 +817,531 @@ fn big_room_join_leave() {
     // Freed suffixes are reused smallest first.
     assert_eq!(join(&mut c, "big", "u", 5_000, T0).name, "u");
     assert_eq!(join(&mut c, "big", "u", 5_001, T0).name, "u#4");
+}
+
+// --- budgets: --history-max-bytes, welcome and catch-up, views, rate-limit answers, addresses
+
+/// What every history really holds, counted as `--history-max-bytes` counts it, checked against
+/// the gauges; returns the bytes.
+fn held_bytes(c: &Chat) -> usize {
+    let mut messages = c.global_history.len();
+    let mut bytes: usize = c
+        .global_history
+        .starting_at(0)
+        .map(|e| e.item.buffer_len())
+        .sum();
+    for r in c.rooms.iter() {
+        messages += r.history.timeline.len();
+        bytes += r
+            .history
+            .timeline
+            .starting_at(0)
+            .map(|e| e.item.event.buffer_len())
+            .sum::<usize>();
+    }
+    assert_eq!(c.counts().history_messages, messages, "messages gauge");
+    assert_eq!(c.counts().history_bytes, bytes, "bytes gauge");
+    bytes
+}
+
+fn chat_budget(history_max_bytes: usize) -> Chat {
+    Chat::new(
+        ChatConfig {
+            history_max_bytes,
+            ..config()
+        },
+        0x5eed,
+    )
+}
+
+/// Room message text whose frame lands in the pool's 256-byte class.
+fn text_256() -> String {
+    "x".repeat(100)
+}
+
+fn room_ids(c: &Chat, room: &str) -> Vec<u64> {
+    history_ids_of(
+        &parse(&c.room_messages_json(room, None, None, T0 + S)),
+        "messages",
+    )
+}
+
+#[test]
+fn budget_drops_the_oldest_across_every_history() {
+    // Eight 256-byte frames fit.
+    let mut c = chat_budget(8 * 256);
+    let a = join(&mut c, "a", "x", 1, T0);
+    let b = join(&mut c, "b", "y", 2, T0);
+    c.global_join(MemberId(3), IP, T0);
+    let mut t = T0;
+    for _ in 0..5 {
+        for (key, m) in [(a.key, 1), (b.key, 2)] {
+            t += 1;
+            say(&mut c, key, m, &text_256(), t);
+            held_bytes(&c);
+        }
+    }
+    // Ten posted, eight held: a1 and b1, the oldest, went.
+    assert_eq!(room_ids(&c, "a"), [2, 3, 4, 5]);
+    assert_eq!(room_ids(&c, "b"), [2, 3, 4, 5]);
+    assert_eq!(held_bytes(&c), 8 * 256);
+    assert_eq!(c.history_dropped_total(), 2);
+    assert_eq!(c.expired_total(), 0, "dropped early, not expired");
+    // A global message pushes out the oldest room message, whichever room.
+    t += 1;
+    c.global_post(MemberId(3), &"g".repeat(200), t);
+    assert_eq!(room_ids(&c, "a"), [3, 4, 5]);
+    assert_eq!(room_ids(&c, "b"), [2, 3, 4, 5]);
+    // The next ones push out b2, a3, b3, a4, b4, a5, b5, and then the global one.
+    for _ in 0..7 {
+        t += 1;
+        say(&mut c, b.key, 2, &text_256(), t);
+    }
+    assert_eq!(room_ids(&c, "a"), Vec::<u64>::new());
+    assert_eq!(
+        parse(&c.messages_json(None, t))["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    t += 1;
+    say(&mut c, b.key, 2, &text_256(), t);
+    assert_eq!(parse(&c.messages_json(None, t))["messages"], json!([]));
+    assert_eq!(room_ids(&c, "b"), (6..=13).collect::<Vec<u64>>());
+    assert_eq!(held_bytes(&c), 8 * 256);
+    assert_eq!(c.history_dropped_total(), 2 + 1 + 8);
+}
+
+#[test]
+fn recovery_after_a_budget_drop_says_false() {
+    let mut c = chat_budget(4 * 256);
+    let a = join(&mut c, "r", "x", 1, T0);
+    let epoch = parse(&a.welcome)["epoch"].as_str().unwrap().to_owned();
+    for i in 0..6 {
+        say(&mut c, a.key, 1, &text_256(), T0 + i);
+    }
+    assert_eq!(room_ids(&c, "r"), [3, 4, 5, 6]);
+    let got = |w: Value| (history_ids(&w), w["recovered"].as_bool().unwrap());
+    assert_eq!(
+        got(resume(&mut c, 9, Some(1), Some(&epoch), T0 + S)),
+        (vec![3, 4, 5, 6], false),
+        "id 2 was dropped for the budget"
+    );
+    assert_eq!(
+        got(resume(&mut c, 9, Some(1), None, T0 + S)),
+        (vec![3, 4, 5, 6], false)
+    );
+    assert_eq!(
+        got(resume(&mut c, 9, Some(2), Some(&epoch), T0 + S)),
+        (vec![3, 4, 5, 6], true)
+    );
+}
+
+#[test]
+fn a_message_larger_than_the_budget_is_kept_alone() {
+    let mut c = chat_budget(1024);
+    let a = join(&mut c, "r", "x", 1, T0);
+    say(&mut c, a.key, 1, "small", T0);
+    say(&mut c, a.key, 1, &"y".repeat(3000), T0 + 1);
+    assert_eq!(room_ids(&c, "r"), [2]);
+    assert!(held_bytes(&c) > 1024);
+    // The next message, small, pushes it out.
+    say(&mut c, a.key, 1, "small again", T0 + 2);
+    assert_eq!(room_ids(&c, "r"), [3]);
+    assert!(held_bytes(&c) <= 1024);
+}
+
+#[test]
+fn budget_counts_escaped_bytes_and_skips_what_left_otherwise() {
+    // --history-max 2 leaves references to dropped messages in the order; the budget skips them.
+    let mut c = Chat::new(
+        ChatConfig {
+            history_max: 2,
+            history_max_bytes: 3 * 512,
+            ..config()
+        },
+        1,
+    );
+    let a = join(&mut c, "a", "x", 1, T0);
+    let b = join(&mut c, "b", "y", 2, T0);
+    // 60 control characters: 360 bytes escaped, a 512-byte frame.
+    let controls = "\u{1}".repeat(60);
+    for i in 0..10 {
+        say(&mut c, a.key, 1, &format!("a{controls}"), T0 + i);
+        held_bytes(&c);
+    }
+    assert_eq!(held_bytes(&c), 2 * 512);
+    say(&mut c, b.key, 2, &format!("b{controls}"), T0 + 20);
+    say(&mut c, b.key, 2, &format!("b{controls}"), T0 + 21);
+    assert_eq!(room_ids(&c, "a"), [10]);
+    assert_eq!(room_ids(&c, "b"), [1, 2]);
+    assert_eq!(c.history_dropped_total(), 1);
+    // The order does not keep a reference per message ever posted.
+    assert!(c.order.len() <= 16, "{}", c.order.len());
+    // An expired message the timer has not removed yet leaves as expired, not as dropped.
+    let d = join(&mut c, "d", "z", 3, T0);
+    say(&mut c, d.key, 3, &format!("d{controls}"), T0 + 10 + TTL);
+    assert_eq!(room_ids(&c, "a"), Vec::<u64>::new());
+    assert_eq!((c.history_dropped_total(), c.expired_total()), (1, 1));
+    held_bytes(&c);
+}
+
+#[test]
+fn a_history_emptied_by_the_budget_keeps_its_one_timer() {
+    let mut c = chat_budget(2 * 256);
+    let a = join(&mut c, "a", "x", 1, T0);
+    let b = join(&mut c, "b", "y", 2, T0);
+    let arm = |p: Post| match p {
+        Post::Broadcast { arm_expiry, .. } => arm_expiry,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        arm(c.post(a.key, MemberId(1), &text_256(), T0)),
+        Some(T0 + TTL)
+    );
+    assert_eq!(
+        arm(c.post(b.key, MemberId(2), &text_256(), T0 + S)),
+        Some(T0 + S + TTL)
+    );
+    // b's second message pushes a's only one out: a is empty, its timer still pending.
+    arm(c.post(b.key, MemberId(2), &text_256(), T0 + 2 * S));
+    assert_eq!(room_ids(&c, "a"), Vec::<u64>::new());
+    // So a's next message asks for no second timer; the pending one finds it and re-arms.
+    assert_eq!(arm(c.post(a.key, MemberId(1), "hi", T0 + 3 * S)), None);
+    assert_eq!(c.expire_room(a.key, T0 + TTL), Some(T0 + 3 * S + TTL));
+    // A room emptied by the budget with nobody in it is freed by its timer.
+    c.leave(a.key, MemberId(1), T0 + 4 * S);
+    for i in 0..2 {
+        say(&mut c, b.key, 2, &text_256(), T0 + 5 * S + i);
+    }
+    assert_eq!(c.counts().rooms, 2);
+    assert_eq!(c.expire_room(a.key, T0 + 3 * S + TTL), None);
+    assert_eq!(c.counts().rooms, 1);
+}
+
+#[test]
+fn one_rate_limited_error_per_refill() {
+    let mut c = chat_with(
+        100,
+        Some(RateLimit {
+            tokens: 1,
+            per_secs: 10,
+        }),
+    );
+    let a = join(&mut c, "r", "a", 1, T0);
+    say(&mut c, a.key, 1, "1", T0);
+    let mut errors = 0;
+    for i in 0..10_000 {
+        match c.post(a.key, MemberId(1), "x", T0 + i) {
+            Post::Reply { .. } => errors += 1,
+            Post::Ignored => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(errors, 1, "a flood gets one error, not one per message");
+    assert_eq!(c.rate_limited_total(), 10_000, "every refusal is counted");
+    // The bucket admits one again at 10 s; the next refusal is told again.
+    say(&mut c, a.key, 1, "2", T0 + 10 * S);
+    assert_eq!(
+        error_code(&c.post(a.key, MemberId(1), "x", T0 + 10 * S)),
+        "rate_limited"
+    );
+    assert_eq!(c.post(a.key, MemberId(1), "x", T0 + 10 * S), Post::Ignored);
+}
+
+#[test]
+fn reconnecting_does_not_refill_the_address_bucket() {
+    let mut c = Chat::new(
+        ChatConfig {
+            rate_limit: Some(RateLimit {
+                tokens: 100,
+                per_secs: 60,
+            }),
+            rate_limit_per_ip: Some(RateLimit {
+                tokens: 3,
+                per_secs: 60,
+            }),
+            ..config()
+        },
+        1,
+    );
+    let home: IpAddr = "192.0.2.1".parse().unwrap();
+    let other: IpAddr = "2001:db8::1".parse().unwrap();
+    let j = c.join("r", "a", MemberId(1), home, Resume::default(), T0);
+    for i in 0..3 {
+        say(&mut c, j.key, 1, &format!("{i}"), T0);
+    }
+    let p = c.post(j.key, MemberId(1), "4", T0);
+    assert_eq!(error_code(&p), "rate_limited");
+    let Post::Reply { error } = p else {
+        unreachable!()
+    };
+    assert!(error.contains("from one address"), "{error}");
+    // Leave and come back from the same address: a new connection bucket, the same address bucket.
+    c.leave(j.key, MemberId(1), T0 + S);
+    let j = c.join("r", "a", MemberId(2), home, Resume::default(), T0 + S);
+    assert_eq!(c.post(j.key, MemberId(2), "again", T0 + S), Post::Ignored);
+    // On the global channel too.
+    c.global_join(MemberId(3), home, T0 + S);
+    assert_eq!(c.global_post(MemberId(3), "g", T0 + S), GlobalPost::Dropped);
+    // Another address has its own bucket.
+    let o = c.join("r", "b", MemberId(4), other, Resume::default(), T0 + S);
+    say(&mut c, o.key, 4, "mine", T0 + S);
+    c.global_join(MemberId(5), other, T0 + S);
+    assert!(matches!(
+        c.global_post(MemberId(5), "g", T0 + S),
+        GlobalPost::Broadcast { .. }
+    ));
+    // One token every 20 s for the address.
+    say(&mut c, j.key, 2, "refilled", T0 + 20 * S);
+    assert_eq!(c.rate_limited_total(), 3);
+    assert_eq!(c.addresses.len(), 2);
+    // Buckets full again are forgotten: the map holds the addresses of recent senders only.
+    c.expire_room(j.key, T0 + 10 * 60 * S);
+    assert_eq!(c.addresses.len(), 0);
+}
+
+/// A room "r" with `n` messages of ~200 bytes of text each, posted by member 100 at T0 + i µs.
+fn long_room(welcome_history_bytes: usize, n: u64) -> (Chat, Vec<EventFrame>) {
+    let mut c = Chat::new(
+        ChatConfig {
+            welcome_history_bytes,
+            ..config()
+        },
+        1,
+    );
+    let a = join(&mut c, "r", "keeper", 100, T0);
+    let mut sent = Vec::new();
+    for i in 0..n {
+        match c.post(
+            a.key,
+            MemberId(100),
+            &format!("{i:03}{}", "z".repeat(100)),
+            T0 + i,
+        ) {
+            Post::Broadcast { event, .. } => sent.push(event),
+            other => panic!("{other:?}"),
+        }
+    }
+    (c, sent)
+}
+
+#[test]
+fn welcome_is_cut_at_its_budget_and_catch_up_brings_the_rest_in_order() {
+    let (mut c, sent) = long_room(1000, 40);
+    let len = sent[0].text_len() + 1;
+    let j = c.join("r", "late", MemberId(1), IP, Resume::default(), T0 + S);
+    let w = parse(&j.welcome);
+    let in_welcome = history_ids(&w);
+    assert_eq!(in_welcome.len(), 1000 / len, "the oldest that fit");
+    assert_eq!(
+        in_welcome,
+        (1..=in_welcome.len() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(w["history_complete"], false);
+    assert_eq!(w["recovered"], true);
+    assert_eq!(j.catch_up, in_welcome.last().copied());
+
+    let mut got = in_welcome.clone();
+    let mut after = j.catch_up;
+    let mut rounds = 0;
+    while let Some(id) = after {
+        let part = c.catch_up(j.key, id, 700, T0 + S);
+        assert!(!part.frames.is_empty());
+        let bytes: usize = part.frames.iter().map(|f| f.frame().len()).sum();
+        assert!(part.frames.len() == 1 || bytes <= 700);
+        for f in &part.frames {
+            let id = parse(f).get("id").unwrap().as_u64().unwrap();
+            // The history's own frame, shared: not encoded again.
+            assert_eq!(f.frame().as_ptr(), sent[id as usize - 1].frame().as_ptr());
+            got.push(id);
+        }
+        after = part.next;
+        rounds += 1;
+    }
+    assert_eq!(
+        got,
+        (1..=40).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    assert!(rounds > 1);
+
+    // A frame larger than the batch still goes, alone.
+    let part = c.catch_up(j.key, 0, 10, T0 + S);
+    assert_eq!((part.frames.len(), part.next), (1, Some(1)));
+    // Nothing after the last, or a stale key: nothing.
+    assert!(c.catch_up(j.key, 40, 700, T0 + S).frames.is_empty());
+    // Expired meanwhile: skipped, the client hides them anyway.
+    let part = c.catch_up(j.key, 0, 1 << 20, T0 + 20 + TTL);
+    assert_eq!(
+        parse(&part.frames[0])["id"],
+        22,
+        "ids 1 to 21, posted until T0 + 20 µs, expired"
+    );
+    assert_eq!(part.next, None);
+}
+
+#[test]
+fn welcome_cut_after_since_and_complete_when_it_fits() {
+    let (mut c, _) = long_room(1000, 40);
+    let epoch = parse(&join(&mut c, "r", "x", 1, T0 + S).welcome)["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let j = c.join(
+        "r",
+        "y",
+        MemberId(2),
+        IP,
+        Resume {
+            since: Some(30),
+            epoch: Some(&epoch),
+        },
+        T0 + S,
+    );
+    let w = parse(&j.welcome);
+    assert_eq!(history_ids(&w)[0], 31);
+    assert_eq!(w["history_complete"], false);
+    let rest = c.catch_up(j.key, j.catch_up.unwrap(), 1 << 20, T0 + S);
+    assert_eq!(parse(rest.frames.last().unwrap())["id"], 40);
+
+    // A history within the budget: complete, and the field is left out.
+    let (mut c, _) = long_room(256 << 10, 40);
+    let j = c.join("r", "z", MemberId(3), IP, Resume::default(), T0 + S);
+    let w = parse(&j.welcome);
+    assert_eq!(history_ids(&w).len(), 40);
+    assert!(w.get("history_complete").is_none());
+    assert_eq!(j.catch_up, None);
+}
+
+#[test]
+fn history_views_are_paged() {
+    let mut c = chat_with(2000, None);
+    let a = join(&mut c, "r", "a", 1, T0);
+    for i in 0..1500 {
+        say(&mut c, a.key, 1, &format!("m{i}"), T0 + i);
+    }
+    let now = T0 + S;
+    let v = parse(&c.room_messages_json("r", None, None, now));
+    let ids = history_ids_of(&v, "messages");
+    assert_eq!(
+        (ids.len(), ids[0], v["more"].clone()),
+        (1000, 1, json!(true))
+    );
+    let v = parse(&c.room_messages_json("r", Some(1000), None, now));
+    let ids = history_ids_of(&v, "messages");
+    assert_eq!((ids.len(), ids[0]), (500, 1001));
+    assert!(v.get("more").is_none(), "the last page says nothing");
+    let v = parse(&c.room_messages_json("r", Some(10), Some(5), now));
+    assert_eq!(history_ids_of(&v, "messages"), [11, 12, 13, 14, 15]);
+    assert_eq!(v["more"], true);
+    let v = parse(&c.room_messages_json("r", None, Some(0), now));
+    assert_eq!(history_ids_of(&v, "messages"), [1], "at least one");
+    let v = parse(&c.room_messages_json("r", None, Some(1 << 40), now));
+    assert_eq!(
+        history_ids_of(&v, "messages").len(),
+        1000,
+        "at most the maximum"
+    );
+
+    // Large escaped messages: the body stays under the byte cap, at least one message.
+    let controls = "\u{1}".repeat(60_000); // 360 KB escaped
+    let b = join(&mut c, "big", "b", 2, T0);
+    for _ in 0..5 {
+        say(&mut c, b.key, 2, &controls, T0);
+    }
+    let body = c.room_messages_json("big", None, None, now);
+    assert!(body.len() <= HISTORY_PAGE_BYTES, "{}", body.len());
+    let v = parse(&body);
+    assert_eq!(
+        (history_ids_of(&v, "messages"), v["more"].clone()),
+        (vec![1, 2], json!(true))
+    );
+    let v = parse(&c.room_messages_json("big", Some(4), None, now));
+    assert_eq!(history_ids_of(&v, "messages"), [5]);
+    let huge = join(&mut c, "huge", "h", 3, T0);
+    say(&mut c, huge.key, 3, &"\u{1}".repeat(200_000), T0);
+    let v = parse(&c.room_messages_json("huge", None, None, now));
+    assert_eq!(
+        history_ids_of(&v, "messages"),
+        [1],
+        "one message over the cap still goes"
+    );
+}
+
+#[test]
+fn global_view_shows_the_newest_that_fit() {
+    let mut c = chat_with(2000, None);
+    c.global_join(MemberId(1), IP, T0);
+    for i in 0..1200 {
+        c.global_post(MemberId(1), &format!("m{i}"), T0 + i);
+    }
+    let texts = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let v = parse(&c.messages_json(None, T0 + S));
+    let t = texts(&v);
+    assert_eq!(
+        (t.len(), t[0].as_str(), t[999].as_str()),
+        (1000, "m200", "m1199")
+    );
+    assert_eq!(v["more"], true);
+    let v = parse(&c.messages_json(Some(2), T0 + S));
+    assert_eq!(texts(&v), ["m1198", "m1199"]);
+
+    // Control characters weigh six bytes each in the answer: five of these do not fit in 1 MiB.
+    let mut c = chat_with(2000, None);
+    c.global_join(MemberId(1), IP, T0);
+    for i in 0..5 {
+        c.global_post(
+            MemberId(1),
+            &format!("{i}{}", "\u{1}".repeat(60_000)),
+            T0 + i,
+        );
+    }
+    let body = c.messages_json(None, T0 + S);
+    assert!(body.len() <= HISTORY_PAGE_BYTES, "{}", body.len());
+    let v = parse(&body);
+    let firsts: Vec<char> = texts(&v)
+        .iter()
+        .map(|t| t.chars().next().unwrap())
+        .collect();
+    assert_eq!(firsts, ['3', '4'], "the newest, oldest first");
+    assert_eq!(v["more"], true);
+    let v = parse(&c.messages_json(None, T0 + 4 + TTL));
+    assert!(v.get("more").is_none(), "expired ones are not 'more'");
+    assert_eq!(v["messages"], json!([]));
+}
+
+#[test]
+fn format_characters_are_removed_from_names() {
+    let mut c = chat();
+    // The HTTP layer decodes `alice%E2%80%8B` into this.
+    let a = join(&mut c, "lobby\u{200E}", "alice\u{200B}", 1, T0);
+    assert_eq!(a.name, "alice");
+    assert_eq!(c.room_id(a.key), Some("lobby"));
+    let b = join(&mut c, "lobby", "\u{202E}alice\u{FEFF}", 2, T0);
+    assert_eq!(b.name, "alice#2");
+    let d = join(&mut c, "\u{200B}", "\u{2060}\u{AD}", 3, T0);
+    assert_eq!(
+        (d.name.as_str(), c.room_id(d.key)),
+        ("anonymous", Some("general"))
+    );
+    assert_eq!(
+        history_ids_of(
+            &parse(&c.room_messages_json("lob\u{200D}by", None, None, T0)),
+            "messages"
+        ),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        parse(&c.room_messages_json("lob\u{200D}by", None, None, T0))["room_id"],
+        "lobby"
+    );
 }

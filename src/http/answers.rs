@@ -77,18 +77,18 @@ pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> 
                 body.as_bytes(),
             )
         }
-        Route::Messages => {
-            body = view.chat.messages_json(view.wall);
+        Route::Messages { limit } => {
+            body = view.chat.messages_json(*limit, view.wall);
             (200, JSON, body.as_bytes())
         }
         Route::Rooms => {
             body = view.chat.rooms_json(view.wall);
             (200, JSON, body.as_bytes())
         }
-        Route::RoomMessages { room, since } => {
+        Route::RoomMessages { room, since, limit } => {
             body = view
                 .chat
-                .room_messages_json(&percent_decode(room), *since, view.wall);
+                .room_messages_json(&percent_decode(room), *since, *limit, view.wall);
             (200, JSON, body.as_bytes())
         }
         _ => {
@@ -145,6 +145,8 @@ fn gauges(view: &View<'_>) -> Gauges {
         websockets_active: view.transport.websockets_active,
         rooms_active: counts.rooms,
         history_messages: counts.history_messages,
+        history_bytes: counts.history_bytes,
+        history_dropped: view.chat.history_dropped_total(),
         messages_expired: view.chat.expired_total(),
         rate_limited: view.chat.rate_limited_total(),
         uptime_s: view.uptime_s,

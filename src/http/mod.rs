@@ -28,12 +28,16 @@ pub enum Route<'a> {
     Page,
     Health,
     Metrics,
-    Messages,
+    /// `/messages[?limit=N]`.
+    Messages {
+        limit: Option<usize>,
+    },
     Rooms,
-    /// `/rooms/{room}/messages`; `room` is the raw (still percent-encoded) segment.
+    /// `/rooms/{room}/messages[?since=ID][&limit=N]`; `room` is the raw (still percent-encoded) segment.
     RoomMessages {
         room: &'a str,
         since: Option<u64>,
+        limit: Option<usize>,
     },
     Echo,
     Global,
@@ -61,16 +65,23 @@ pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a>
             .and_then(|q| query_param(q, "since"))
             .and_then(|v| v.parse().ok())
     };
+    // Not a number: the default page size (the chat clamps numbers to its range).
+    let limit = || {
+        query
+            .and_then(|q| query_param(q, "limit"))
+            .and_then(|v| v.parse().ok())
+    };
     let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
     match (segs.next(), segs.next(), segs.next(), segs.next()) {
         (Some(""), None, _, _) => Route::Page,
         (Some("healthz"), None, _, _) => Route::Health,
         (Some("metrics"), None, _, _) => Route::Metrics,
-        (Some("messages"), None, _, _) => Route::Messages,
+        (Some("messages"), None, _, _) => Route::Messages { limit: limit() },
         (Some("rooms"), None, _, _) => Route::Rooms,
         (Some("rooms"), Some(room), Some("messages"), None) => Route::RoomMessages {
             room,
             since: since(),
+            limit: limit(),
         },
         (Some("echo"), None, _, _) if echo => Route::Echo,
         (Some("ws"), None, _, _) => Route::Global,
@@ -183,8 +194,25 @@ mod tests {
             route("/rooms/x/messages", Some("since=2"), true),
             Route::RoomMessages {
                 room: "x",
-                since: Some(2)
+                since: Some(2),
+                limit: None
             }
+        );
+        assert_eq!(
+            route("/rooms/x/messages", Some("limit=10&since=2"), true),
+            Route::RoomMessages {
+                room: "x",
+                since: Some(2),
+                limit: Some(10)
+            }
+        );
+        assert_eq!(
+            route("/messages", Some("limit=5"), true),
+            Route::Messages { limit: Some(5) }
+        );
+        assert_eq!(
+            route("/messages", Some("limit=-1"), true),
+            Route::Messages { limit: None }
         );
         assert_eq!(route("/rooms/x", None, true), Route::NotFound);
         assert_eq!(route("/nope", None, true), Route::NotFound);

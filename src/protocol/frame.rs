@@ -284,6 +284,17 @@ impl SharedFrame {
         std::str::from_utf8(unmasked_payload(self.frame())).expect("bug: shared frame is not UTF-8")
     }
 
+    /// Bytes of [`SharedFrame::text`], without checking them again.
+    pub fn text_len(&self) -> usize {
+        unmasked_payload(self.frame()).len()
+    }
+
+    /// Bytes of the buffer holding the frame (a pooled one may be longer than the frame): what
+    /// keeping it costs.
+    pub fn buffer_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// The buffer, to reuse once nothing else refers to it.
     pub fn into_buffer(self) -> Rc<[u8]> {
         self.bytes

@@ -175,7 +175,7 @@ impl<S: Service> Running<S> {
         let peer = self.core.conns[key.index as usize]
             .stream
             .peer_addr()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
         let Running { core, svc } = self;
         let answer = svc.handle_request(&mut Io { core }, key, peer, &req);
         self.settle();

@@ -9,6 +9,7 @@
 //! own clients exactly as a single daemon does.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use log::{info, warn};
@@ -52,6 +53,8 @@ pub(super) struct ClusterLink {
 /// bridge answers: the feed is ordered, so by then the replica holds everything published before the
 /// join (members, messages) and `welcome` misses nothing that no later event brings.
 pub(super) struct Joining {
+    /// The member's address, for the chat's per-address rate limit.
+    peer: IpAddr,
     room: String,
     wanted: String,
     since: Option<u64>,
@@ -99,6 +102,7 @@ impl ClusterLink {
     pub(super) fn begin_join(
         &mut self,
         m: MemberId,
+        peer: IpAddr,
         room: &str,
         client: &str,
         since: Option<u64>,
@@ -114,6 +118,7 @@ impl ClusterLink {
         self.joining.insert(
             m,
             Joining {
+                peer,
                 room,
                 wanted,
                 since,
@@ -177,7 +182,7 @@ impl Server {
             }
             Notice::Message { room, epoch, msg } if up => {
                 if let Some((key, event, arm)) = self.chat.cluster_message(&room, &epoch, &msg) {
-                    self.broadcast_room(io, key, &event, None);
+                    self.broadcast_room_message(io, key, &event);
                     if let Some(due) = arm {
                         io.arm_at(Timer::Room(key), due);
                     }
@@ -342,17 +347,19 @@ impl Server {
         let up = self.cluster.as_ref().is_some_and(|c| c.up);
         let room = match answer {
             Some((name, epoch)) if up => {
-                let joined = self
-                    .chat
-                    .cluster_join(&j.room, &name, &epoch, m, resume, io.wall());
+                let joined =
+                    self.chat
+                        .cluster_join(&j.room, &name, &epoch, m, j.peer, resume, io.wall());
                 io.send_text(key, joined.welcome.as_bytes());
+                self.start_catch_up(io, key, joined.key, joined.catch_up);
                 joined.key
             }
             // Serving locally: a local join (local epoch), under the cluster's name if it gave one.
             answer => {
                 let name = answer.map_or(j.wanted, |(name, _)| name);
-                let joined = self.chat.join(&j.room, &name, m, resume, io.wall());
+                let joined = self.chat.join(&j.room, &name, m, j.peer, resume, io.wall());
                 io.send_text(key, joined.welcome.as_bytes());
+                self.start_catch_up(io, key, joined.key, joined.catch_up);
                 self.broadcast_room(io, joined.key, &joined.join_event, Some(m));
                 joined.key
             }

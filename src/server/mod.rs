@@ -16,6 +16,7 @@
 
 mod cluster;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use log::debug;
@@ -80,6 +81,10 @@ pub struct Server {
     echo: bool,
     /// Cluster mode state; `None` without `--redis`.
     cluster: Option<ClusterLink>,
+    /// Room members whose `welcome` history was cut: their room and the last message id sent. The
+    /// rest goes out as their socket drains ([`Service::handle_drained`]); live `message`
+    /// broadcasts skip them (those messages are in the history, so they come in order from there).
+    catching_up: HashMap<MemberId, (RoomKey, u64)>,
 }
 
 /// A bound daemon, ready to serve.
@@ -103,7 +108,13 @@ impl Daemon {
             ChatConfig {
                 ttl_secs: cfg.history_ttl.as_secs(),
                 history_max: cfg.history_max,
+                history_max_bytes: cfg.history_max_bytes,
+                welcome_history_bytes: cfg.welcome_history_bytes,
                 rate_limit: cfg.rate_limit.map(|r| chat::RateLimit {
+                    tokens: r.tokens,
+                    per_secs: r.per_secs,
+                }),
+                rate_limit_per_ip: cfg.rate_limit_per_ip.map(|r| chat::RateLimit {
                     tokens: r.tokens,
                     per_secs: r.per_secs,
                 }),
@@ -117,6 +128,7 @@ impl Daemon {
                 allowed_origins: cfg.allowed_origins,
                 echo: cfg.echo,
                 cluster,
+                catching_up: HashMap::new(),
             },
         })
     }
@@ -195,14 +207,14 @@ impl Service for Server {
         &mut self,
         io: &mut Io<'_, Self>,
         conn: ConnKey,
-        _peer: IpAddr,
+        peer: IpAddr,
         opening: Opening,
     ) -> Endpoint {
         let m = member(conn);
         match opening {
             Opening::Echo => Endpoint::Echo,
             Opening::Global => {
-                self.chat.global_join(m, io.wall());
+                self.chat.global_join(m, peer, io.wall());
                 Endpoint::Global
             }
             Opening::Room {
@@ -213,13 +225,14 @@ impl Service for Server {
             } => {
                 if let Some(c) = self.cluster.as_mut().filter(|c| c.up) {
                     // The cluster de-duplicates the name; `welcome` waits for its answer.
-                    c.begin_join(m, &room, &client, since, epoch);
+                    c.begin_join(m, peer, &room, &client, since, epoch);
                     return Endpoint::Joining;
                 }
                 let joined = self.chat.join(
                     &room,
                     &client,
                     m,
+                    peer,
                     Resume {
                         since,
                         epoch: epoch.as_deref(),
@@ -227,6 +240,7 @@ impl Service for Server {
                     io.wall(),
                 );
                 io.send_text(conn, joined.welcome.as_bytes());
+                self.start_catch_up(io, conn, joined.key, joined.catch_up);
                 self.broadcast_room(io, joined.key, &joined.join_event, Some(m));
                 Endpoint::Room(joined.key)
             }
@@ -273,6 +287,7 @@ impl Service for Server {
                 }
             }
             Endpoint::Room(room) => {
+                self.catching_up.remove(&m);
                 let event = self.chat.leave(room, m, io.wall());
                 let clustered = match self.cluster.as_ref() {
                     Some(c) => {
@@ -317,7 +332,30 @@ impl Service for Server {
         }
     }
 
-    fn handle_drained(&mut self, _io: &mut Io<'_, Self>, _conn: ConnKey, _endpoint: Endpoint) {}
+    /// A catching-up member has taken everything sent so far: queue the next part of the history
+    /// (at most `--welcome-history-bytes`, so never near `--max-outbound-bytes`).
+    fn handle_drained(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, _endpoint: Endpoint) {
+        let m = member(conn);
+        let Some(&(room, after)) = self.catching_up.get(&m) else {
+            return;
+        };
+        let part = self
+            .chat
+            .catch_up(room, after, self.chat.welcome_history_bytes(), io.wall());
+        match part.next {
+            Some(next) => {
+                self.catching_up.insert(m, (room, next));
+                io.notify_drained(conn);
+            }
+            None => {
+                self.catching_up.remove(&m);
+            }
+        }
+        for event in &part.frames {
+            let shared = io.share(event);
+            io.send_shared(conn, shared);
+        }
+    }
 
     fn handle_exit(&mut self) {
         if let Some(c) = self.cluster.take() {
@@ -338,10 +376,11 @@ impl Server {
                 Ok(()) => self.bridge_send(cluster::Request::GlobalPost {
                     text: text.to_owned(),
                 }),
-                Err(error) => {
+                Err(Some(error)) => {
                     debug!("rate limited {}", conn.index());
                     io.send_text(conn, error.as_bytes());
                 }
+                Err(None) => {}
             },
             Endpoint::Global => match self.chat.global_post(m, text, io.wall()) {
                 GlobalPost::Broadcast { frame, arm_expiry } => {
@@ -354,6 +393,7 @@ impl Server {
                     debug!("rate limited {}", conn.index());
                     io.send_text(conn, error.as_bytes());
                 }
+                GlobalPost::Dropped => {}
             },
             Endpoint::Room(room) if clustered => {
                 match self.chat.check_post(room, m, text, io.wall()) {
@@ -390,7 +430,7 @@ impl Server {
     fn apply_post(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, room: RoomKey, post: Post) {
         match post {
             Post::Broadcast { event, arm_expiry } => {
-                self.broadcast_room(io, room, &event, None);
+                self.broadcast_room_message(io, room, &event);
                 if let Some(due) = arm_expiry {
                     io.arm_at(Timer::Room(room), due);
                 }
@@ -419,6 +459,36 @@ impl Server {
                 .filter(|&&m| Some(m) != except)
                 .map(|&m| conn_of(m)),
         );
+    }
+
+    /// Queues a room's `message` event for every member but those still catching up on the history.
+    fn broadcast_room_message(&self, io: &mut Io<'_, Self>, room: RoomKey, event: &EventFrame) {
+        if self.catching_up.is_empty() {
+            return self.broadcast_room(io, room, event, None);
+        }
+        let members = self.chat.room_members(room);
+        io.broadcast(
+            event,
+            members
+                .iter()
+                .filter(|m| !self.catching_up.contains_key(m))
+                .map(|&m| conn_of(m)),
+        );
+    }
+
+    /// After a `welcome` whose history was cut after message `after`: the rest follows as the
+    /// joiner's socket drains.
+    fn start_catch_up(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        room: RoomKey,
+        after: Option<u64>,
+    ) {
+        if let Some(after) = after {
+            self.catching_up.insert(member(conn), (room, after));
+            io.notify_drained(conn);
+        }
     }
 
     /// Queues `frame` once for every member of the global channel.
