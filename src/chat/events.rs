@@ -2,20 +2,20 @@
 //!
 //! Owns the exact shapes. The events sent to a whole room (`message`, `join`, `leave`) are written by
 //! hand, straight into their WebSocket frame ([`EventFrame`]), one buffer shared by every recipient and
-//! by the history and reused once the history lets it go ([`FramePool`]), with no `fmt` or serde
+//! by the history and reused once the history lets it go (`FramePool`), with no `fmt` or serde
 //! machinery on the path every message takes (it was a third of the user-space instructions per
 //! message before). Their string escaping is the
 //! same as serde_json's, which a property test checks. Everything else (welcome, error, the HTTP
 //! views) goes through serde_json; already encoded `message` events are spliced into `welcome` and
 //! `GET /rooms/{room}/messages` rather than serialised twice. Sending frames is the reactor's job.
 
-use std::rc::Rc;
-
 use serde::Serialize;
 
 use super::time::{rfc3339_bytes, unix_seconds};
 use super::Micros;
-use crate::protocol::frame::{FrameBuf, OpCode, SharedFrame};
+use crate::protocol::frame::SharedFrame;
+
+pub(crate) use super::frames::FramePool;
 
 /// Why a room or global message was refused; the `code` of an `error` event (SPEC §4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,83 +94,6 @@ fn to_json<T: Serialize>(value: &T) -> String {
 /// One event as a complete, unmasked WebSocket text frame, encoded once: the same bytes go into every
 /// recipient's output queue and into the room's history, each holding a reference.
 pub type EventFrame = SharedFrame;
-
-/// Smallest and largest pooled buffer sizes: 128 B to 4 KiB, in powers of two. Larger frames get a
-/// buffer of their own size and are not pooled.
-const POOL_MIN_SHIFT: u32 = 7;
-const POOL_CLASSES: usize = 6;
-const POOL_MAX: usize = 1 << (POOL_MIN_SHIFT as usize + POOL_CLASSES - 1);
-/// Free buffers kept per size class; beyond that they are freed. Steady chat needs only a few (one
-/// message expires as one arrives); this bounds what a burst of expiries leaves behind (≤ 0.5 MiB).
-const POOL_KEEP: usize = 64;
-static ZEROS: [u8; POOL_MAX] = [0; POOL_MAX];
-
-/// Where events are framed: a reusable [`FrameBuf`] to write them in, and the buffers of frames the
-/// histories have let go of, to copy the next ones into. In a room whose history is full (by
-/// `--history-max` or by age) every new message finds the buffer of the one it pushed out, so the
-/// broadcast path allocates nothing, per message or per recipient (`tests/alloc_fanout.rs`).
-#[derive(Debug, Default)]
-pub(crate) struct FramePool {
-    buf: FrameBuf,
-    free: [Vec<Rc<[u8]>>; POOL_CLASSES],
-}
-
-impl FramePool {
-    /// Frames `write`'s output (which must be UTF-8 text) and copies it into a shared buffer: a free
-    /// one of the right size class, else a new one.
-    fn build(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> EventFrame {
-        let frame = self.buf.build(OpCode::Text, write);
-        let len = frame.len();
-        let bytes = match size_class(len) {
-            Some(class) => {
-                let mut bytes = self.free[class]
-                    .pop()
-                    .unwrap_or_else(|| Rc::from(&ZEROS[..class_size(class)]));
-                Rc::get_mut(&mut bytes).expect("bug: a pooled frame buffer is shared")[..len]
-                    .copy_from_slice(frame);
-                bytes
-            }
-            None => Rc::from(frame),
-        };
-        SharedFrame::new(bytes, len)
-    }
-
-    /// A text message sent unchanged (the global channel's).
-    pub(crate) fn raw(&mut self, text: &str) -> EventFrame {
-        self.build(|out| out.extend_from_slice(text.as_bytes()))
-    }
-
-    /// Takes back an event the history no longer keeps: if nothing else refers to its buffer any
-    /// more (no queue, no backlog), the buffer is kept for a later event of its size.
-    pub(crate) fn recycle(&mut self, event: EventFrame) {
-        let bytes = event.into_buffer();
-        if Rc::strong_count(&bytes) != 1 || Rc::weak_count(&bytes) != 0 {
-            return;
-        }
-        if let Some(class) = size_class(bytes.len()).filter(|&c| class_size(c) == bytes.len()) {
-            if self.free[class].len() < POOL_KEEP {
-                self.free[class].push(bytes);
-            }
-        }
-    }
-}
-
-/// The pool class whose buffers fit `len` bytes, if any.
-fn size_class(len: usize) -> Option<usize> {
-    if len > POOL_MAX {
-        return None;
-    }
-    let shift = len
-        .max(1)
-        .next_power_of_two()
-        .trailing_zeros()
-        .max(POOL_MIN_SHIFT);
-    Some((shift - POOL_MIN_SHIFT) as usize)
-}
-
-fn class_size(class: usize) -> usize {
-    1 << (POOL_MIN_SHIFT as usize + class)
-}
 
 /// `{"type":"message","id","room_id","client_id","content","timestamp"}`.
 pub(crate) fn message(
@@ -702,45 +625,6 @@ mod tests {
             assert!(ev.buffer_len() >= frame.len());
         }
         assert_eq!(buf.raw("hé").frame(), b"\x81\x03h\xc3\xa9");
-    }
-
-    #[test]
-    fn a_recycled_buffer_carries_the_next_event_of_its_size() {
-        let mut pool = FramePool::default();
-        // 244- and 234-byte frames: both in the 256-byte class.
-        let long = message(&mut pool, 1, "r", "a", &"x".repeat(130), AT);
-        let ptr = long.frame().as_ptr();
-        // Still referenced elsewhere (a queue, a backlog): not taken back.
-        let queued = long.clone();
-        pool.recycle(long);
-        let other = message(&mut pool, 2, "r", "a", "short", AT);
-        assert_ne!(other.frame().as_ptr(), ptr);
-        // The last reference: reused by the next event of the same class, with nothing of the
-        // longer one showing.
-        pool.recycle(queued);
-        let reused = message(&mut pool, 3, "r", "b", &"y".repeat(120), AT);
-        assert_eq!(reused.frame().as_ptr(), ptr);
-        assert_eq!(
-            reused.text(),
-            serde_message(3, "r", "b", &"y".repeat(120), AT)
-        );
-        // A frame too big to pool is not kept.
-        let huge = message(&mut pool, 4, "r", "a", &"z".repeat(5000), AT);
-        pool.recycle(huge);
-        assert!(pool.free.iter().all(Vec::is_empty));
-    }
-
-    #[test]
-    fn size_classes_fit_and_bound() {
-        assert_eq!(size_class(0), Some(0));
-        assert_eq!(size_class(128), Some(0));
-        assert_eq!(size_class(129), Some(1));
-        assert_eq!(size_class(POOL_MAX), Some(POOL_CLASSES - 1));
-        assert_eq!(size_class(POOL_MAX + 1), None);
-        for len in 0..=POOL_MAX {
-            let c = size_class(len).unwrap();
-            assert!(class_size(c) >= len && (c == 0 || class_size(c - 1) < len));
-        }
     }
 
     proptest::proptest! {

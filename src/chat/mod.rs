@@ -14,6 +14,9 @@
 //! - `history`: retained messages, ids, `?since=` recovery, `--history-max`, expiry.
 //! - `budget`: the post order across every history, for `--history-max-bytes`.
 //! - `events`: the JSON events and views.
+//! - `frames`: the pool of shared frame buffers events are written into.
+//! - `global`: the global channel `/ws`.
+//! - `views`: the HTTP views, paged.
 //! - `names`: cleaning of room and client names.
 //! - `ratelimit`: the token buckets, per connection and per peer address.
 //! - `time`: RFC 3339 and Unix-seconds formatting.
@@ -42,6 +45,8 @@
 
 mod budget;
 mod events;
+mod frames;
+mod global;
 mod history;
 mod names;
 mod presence;
@@ -49,6 +54,7 @@ mod ratelimit;
 mod replica;
 mod room;
 mod time;
+mod views;
 
 #[cfg(test)]
 mod tests;
@@ -59,12 +65,13 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use budget::{Order, Source};
-use events::{ErrorCode, FramePool, RoomRow, Welcome};
+use events::{ErrorCode, FramePool, Welcome};
 use history::{Held, Pushed, Removed, Stamped, Timeline};
 use presence::GlobalPresence;
 use ratelimit::{AddressBuckets, Limit, TokenBucket, Verdict};
 use room::Rooms;
 use time::MICROS_PER_SEC;
+use views::page;
 
 pub use events::{EventFrame, Presence};
 pub use names::clean_name;
@@ -397,82 +404,6 @@ impl Chat {
         }
     }
 
-    // --- global channel `/ws` (SPEC §4.1)
-
-    /// Adds `m`, connected from `ip`, to the global channel, with a full rate-limit bucket.
-    pub fn global_join(&mut self, m: MemberId, ip: IpAddr, now: Micros) {
-        let bucket = self.new_bucket(now);
-        let ip = self.addresses.limit().map(|_| ip);
-        self.global_members.join(m, bucket, ip);
-    }
-
-    /// Removes `m` from the global channel (no-op for a non-member). O(1).
-    pub fn global_leave(&mut self, m: MemberId) {
-        self.global_members.leave(m);
-    }
-
-    /// A text message from `m` on the global channel.
-    ///
-    /// Applies `m`'s rate limits, then stores `text` with its arrival time in the global history (at
-    /// most `history_max`, oldest dropped; and within `history_max_bytes`). The caller sends `text`
-    /// itself, unchanged, to every [`Chat::global_members`]. A sender that is not a global member is
-    /// not rate limited (it has no bucket); the reactor should not let that happen.
-    pub fn global_post(&mut self, m: MemberId, text: &str, now: Micros) -> GlobalPost {
-        match self.global_admit(m, now) {
-            Ok(()) => {
-                let (frame, arm_expiry) = self.global_store(text, now);
-                GlobalPost::Broadcast { frame, arm_expiry }
-            }
-            Err(Some(error)) => GlobalPost::RateLimited { error },
-            Err(None) => GlobalPost::Dropped,
-        }
-    }
-
-    /// The rate limit half of [`Chat::global_post`]: takes a token from `m`'s bucket and from its
-    /// address's. `Err(Some(error))`: refused, send `error` to `m`; `Err(None)`: refused, and `m` was
-    /// already told (drop it silently).
-    pub fn global_admit(&mut self, m: MemberId, now: Micros) -> Result<(), Option<String>> {
-        let Some((bucket, ip)) = self.global_members.limiter_mut(m) else {
-            return Ok(());
-        };
-        let conn = bucket.zip(self.cfg.rate_limit.as_ref());
-        match ratelimit::admit(conn, &mut self.addresses, ip, now) {
-            Verdict::Admit => Ok(()),
-            Verdict::Refuse { by, tell } => Err(self.refused(by, tell)),
-        }
-    }
-
-    /// The storing half of [`Chat::global_post`]: keeps `text` with arrival time `now`. Returns `text`
-    /// framed for every member, and `Some(due)` when the global expiry timer must be armed.
-    pub fn global_store(&mut self, text: &str, now: Micros) -> (EventFrame, Option<Micros>) {
-        let frame = self.frames.raw(text);
-        let at = self.global_history.stamp(now);
-        let frames = &mut self.frames;
-        let pushed = self
-            .global_history
-            .push(at, frame.clone(), self.cfg.history_max, |old| {
-                frames.recycle(old)
-            });
-        (frame, self.account_push(Source::Global, &pushed, now))
-    }
-
-    /// Everyone on the global channel, in no particular order (leaving is a `swap_remove`).
-    pub fn global_members(&self) -> &[MemberId] {
-        self.global_members.members()
-    }
-
-    /// The global expiry timer fired: drops the messages with `arrival + ttl <= now` and returns when the
-    /// next one is due, or `None` when the global history is empty (then no timer is needed until
-    /// [`Chat::global_post`] asks for one).
-    pub fn expire_global(&mut self, now: Micros) -> Option<Micros> {
-        let frames = &mut self.frames;
-        let expired = self
-            .global_history
-            .expire(now, self.ttl, |old| frames.recycle(old));
-        self.account_expiry(expired.removed, now);
-        expired.next_due
-    }
-
     fn account_expiry(&mut self, removed: Removed, now: Micros) {
         self.account_removed(removed);
         self.expired_total += removed.messages as u64;
@@ -712,85 +643,6 @@ impl Chat {
         expired.next_due
     }
 
-    // --- HTTP views (SPEC §3); each hides what has expired at `now` even if no timer has run yet
-
-    /// `GET /messages[?limit=N]`: `{"messages":[{"message":TEXT,"timestamp":UNIX_SECONDS_FLOAT}]}`, the
-    /// global channel's unexpired messages, oldest first.
-    ///
-    /// At most `limit` messages (default and maximum [`HISTORY_PAGE_MESSAGES`], at least 1) and
-    /// [`HISTORY_PAGE_BYTES`] (but always one message if there is one): the newest that fit, so the
-    /// answer shows what is being said now. When older ones were left out it carries `"more":true`;
-    /// the global channel has no ids to page by, so they are out of reach of this view.
-    pub fn messages_json(&self, limit: Option<usize>, now: Micros) -> String {
-        let live = self.global_history.live(now, self.ttl);
-        let (count, more) = page(
-            live.clone()
-                .rev()
-                .map(|e| events::json_str_len(e.item.text()) + events::GLOBAL_ENTRY_OVERHEAD),
-            page_limit(limit),
-            HISTORY_PAGE_BYTES - PAGE_HEAD_BYTES,
-        );
-        let skip = live.len() - count;
-        events::global_messages(live.skip(skip).map(|e| (e.item.text(), e.at)), more)
-    }
-
-    /// `GET /rooms`: `{"rooms":[{"room_id":R,"users":N,"messages":N}]}` for the rooms with someone in them
-    /// or unexpired messages, sorted by `room_id`. O(rooms), like any listing.
-    pub fn rooms_json(&self, now: Micros) -> String {
-        let mut rows: Vec<RoomRow<'_>> = self
-            .rooms
-            .iter()
-            .map(|r| RoomRow {
-                room_id: &r.name,
-                users: r.user_count(),
-                messages: r.history.timeline.len() - r.history.timeline.live_start(now, self.ttl),
-            })
-            .filter(|row| row.users > 0 || row.messages > 0)
-            .collect();
-        rows.sort_unstable_by(|a, b| a.room_id.cmp(b.room_id));
-        events::rooms(&rows)
-    }
-
-    /// `GET /rooms/{room}/messages[?since=ID][&limit=N]`:
-    /// `{"room_id":R,"ttl_s":N,"messages":[MESSAGE_EVENT...]}`, unexpired messages oldest first, only
-    /// ids greater than `since` when given. `room` is an already decoded path segment, cleaned as in
-    /// [`Chat::join`]; an unknown room has an empty list.
-    ///
-    /// At most `limit` messages (default and maximum [`HISTORY_PAGE_MESSAGES`], at least 1) and
-    /// [`HISTORY_PAGE_BYTES`] (but always one message if there is one), the oldest first. When cut,
-    /// the answer carries `"more":true` (absent otherwise), and the client asks again with
-    /// `?since=` the last id it got.
-    pub fn room_messages_json(
-        &self,
-        room: &str,
-        since: Option<u64>,
-        limit: Option<usize>,
-        now: Micros,
-    ) -> String {
-        let name = names::sanitize_name(room, names::DEFAULT_ROOM);
-        let ttl_s = self.cfg.ttl_secs;
-        let Some(room) = self.rooms.find(&name) else {
-            return events::room_messages(&name, ttl_s, false, std::iter::empty());
-        };
-        let history = &room.history;
-        let start = match since {
-            Some(since) => history.start_after(since, now, self.ttl),
-            None => history.timeline.live_start(now, self.ttl),
-        };
-        let owed = history.timeline.starting_at(start);
-        let (count, more) = page(
-            owed.clone().map(|e| e.item.event.text_len() + 1),
-            page_limit(limit),
-            HISTORY_PAGE_BYTES - PAGE_HEAD_BYTES,
-        );
-        events::room_messages(
-            &room.name,
-            ttl_s,
-            more,
-            owed.take(count).map(|e| e.item.event.text()),
-        )
-    }
-
     /// `--welcome-history-bytes`: the most history bytes in one `welcome`, and in one part of the
     /// catch-up that follows it.
     pub fn welcome_history_bytes(&self) -> usize {
@@ -845,28 +697,6 @@ fn pop_if_front<T: Held>(timeline: &mut Timeline<T>, ordinal: u64) -> Option<Sta
         debug_assert!(!timeline.holds(ordinal), "bug: budget order out of step");
         None
     }
-}
-
-/// How many of the items weighing `sizes` (in order) fit in `max_items` and `max_bytes`, at least one
-/// if there is one; and whether some were left out.
-fn page(sizes: impl Iterator<Item = usize>, max_items: usize, max_bytes: usize) -> (usize, bool) {
-    let mut count = 0;
-    let mut bytes = 0usize;
-    for size in sizes {
-        if count == max_items || (count > 0 && bytes.saturating_add(size) > max_bytes) {
-            return (count, true);
-        }
-        bytes = bytes.saturating_add(size);
-        count += 1;
-    }
-    (count, false)
-}
-
-/// `?limit=` as asked, within `1..=HISTORY_PAGE_MESSAGES`; the maximum when not given.
-fn page_limit(limit: Option<usize>) -> usize {
-    limit
-        .unwrap_or(HISTORY_PAGE_MESSAGES)
-        .clamp(1, HISTORY_PAGE_MESSAGES)
 }
 
 /// The content of a room message (SPEC §4.4), or `None` for a JSON object without a string `content`.

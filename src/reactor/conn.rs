@@ -354,6 +354,10 @@ mod tests {
 
     /// Density (SPEC §1): what every open connection costs in the slab.
     #[test]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "mio's sockets carry a selector id in debug builds; checked in release"
+    )]
     fn an_idle_connection_is_small() {
         assert!(
             std::mem::size_of::<Conn<[u32; 3]>>() <= 80,
