@@ -1,4 +1,7 @@
 //! Chat scenarios through the public API, with a fake `now` and no sockets.
+//!
+//! Over 700 lines on purpose: one scenario per rule of SPEC §3–§4 and per budget, all driving the
+//! same few entry points; splitting them would scatter the helpers they share.
 
 use std::net::IpAddr;
 
