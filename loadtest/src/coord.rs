@@ -28,9 +28,18 @@ use crate::{Cmd, Common};
 
 /// Runs `cmd`: in this process, as a shard, or as the parent of shards.
 pub fn drive(cmd: &Cmd) -> Result<(), String> {
-    let c = scenarios::common(cmd).clone();
+    let mut c = scenarios::common(cmd).clone();
     let limit = sys::raise_nofile_limit();
-    c.targets()?;
+    let targets = c.targets()?;
+    if matches!(cmd, Cmd::Hostile(_)) && c.server_pid.is_none() {
+        // The peak RSS is the point of the scenario: find the server.
+        c.server_pid = sys::pid_listening_on(targets[0].port());
+        if c.server_pid.is_none() {
+            eprintln!(
+                "wisp-loadtest: no --server-pid and no process found listening on the port: no RSS"
+            );
+        }
+    }
     if !c.also_url.is_empty() && !scenarios::supports_nodes(cmd) {
         return Err("--also-url applies to fanout and rooms".into());
     }

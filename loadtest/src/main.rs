@@ -4,8 +4,10 @@
 //!
 //! - `engine`: many client WebSocket connections on one `mio` loop, spoken
 //!   with Wisp's own client side (`wisp::protocol::client`).
-//! - `scenarios`: idle, storm, echo, fanout, rooms: what to open, when to
-//!   send, what to count.
+//! - `scenarios`: idle, storm, echo, fanout, rooms, hostile: what to open,
+//!   when to send, what to count.
+//! - `attack`: the hostile scenario's attacker (one thread, blocking
+//!   sockets, its own source addresses) and its RSS sampling.
 //! - `coord`: one process, or `--procs N` children of this same binary that
 //!   connect, report `READY`, run on `GO`, print their tally and wait for
 //!   `EXIT`; the parent samples the server and merges.
@@ -15,6 +17,7 @@
 //! - `svg`: the latency CDF chart; `compare`: the table across servers.
 //! - `sys`: the monotonic clock and `/proc` (server CPU and RSS).
 
+mod attack;
 mod compare;
 mod coord;
 mod ctx;
@@ -54,6 +57,10 @@ pub enum Cmd {
     Fanout(scenarios::FanoutArgs),
     /// K rooms of M clients, every client sending R msg/s.
     Rooms(scenarios::RoomsArgs),
+    /// Bystanders chat in one room at a steady rate and measure latency
+    /// while one hostile client attacks (--kind); the server's peak RSS is
+    /// sampled (loadtest/hostile.sh runs every kind).
+    Hostile(scenarios::HostileArgs),
     /// Tabulate DIR/<scenario>/<server>.json written by compare.sh: server
     /// CPU per message and p99 with ratios to the floor and the best peer.
     Compare(compare::CompareArgs),

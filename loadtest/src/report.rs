@@ -90,6 +90,12 @@ pub struct Tally {
     pub max_send_lag_ns: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The server's highest RSS sampled during the window (hostile).
+    #[serde(default)]
+    pub rss_peak: Option<u64>,
+    /// What the attacker did (hostile).
+    #[serde(default)]
+    pub attack: Option<crate::attack::AttackReport>,
 }
 
 fn merge_ns_min(a: u64, b: u64) -> u64 {
@@ -136,6 +142,10 @@ impl Tally {
         self.max_send_lag_ns = self.max_send_lag_ns.max(o.max_send_lag_ns);
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+        self.rss_peak = self.rss_peak.max(o.rss_peak);
+        if self.attack.is_none() {
+            self.attack.clone_from(&o.attack);
+        }
     }
 }
 
@@ -195,6 +205,9 @@ pub struct ServerSide {
     pub cpu_share: Option<f64>,
     pub rss_before: Option<u64>,
     pub rss_after: Option<u64>,
+    /// The highest RSS sampled (every 50 ms) during the window (hostile).
+    #[serde(default)]
+    pub rss_peak: Option<u64>,
     /// (rss_after - rss_before) / connections open (idle).
     pub bytes_per_conn: Option<f64>,
 }
@@ -240,6 +253,9 @@ pub struct Report {
     pub bytes_out: u64,
     /// Notes on the run (generator fell behind, loss, ...).
     pub notes: Vec<String>,
+    /// What the attacker did (hostile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<crate::attack::AttackReport>,
 }
 
 impl Report {
@@ -448,6 +464,12 @@ impl Report {
                 "server RSS",
                 format!("{:.1} MiB -> {:.1} MiB", mib(b), mib(a)),
             );
+        }
+        if let Some(p) = self.server.rss_peak {
+            row("server RSS peak", format!("{:.1} MiB", mib(p)));
+        }
+        if let Some(a) = &self.attack {
+            row("attack", a.line());
         }
         if let Some(b) = self.server.bytes_per_conn {
             row("server bytes/conn", format!("{b:.0}"));

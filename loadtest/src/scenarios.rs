@@ -1,5 +1,8 @@
 //! The scenarios: what to open, when to send, what to count.
 //!
+//! `hostile` is a chat scenario (bystanders in one room) with an attacker
+//! from `crate::attack` running through its measured window.
+//!
 //! Every loop here is bounded in time (a deadline derived from `--duration`,
 //! `--drain` and a fixed connect budget) and in count (connections and
 //! messages are fixed before it starts).
@@ -108,6 +111,50 @@ pub struct RoomsArgs {
     pub size: usize,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct HostileArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The attack run while the bystanders chat.
+    #[arg(long, value_enum)]
+    pub kind: crate::attack::Kind,
+    /// Bystanders in one room; each sends in turn and all receive.
+    #[arg(long, default_value_t = 4)]
+    pub bystanders: u64,
+    /// Bystander messages per second, all together (keep each bystander
+    /// under the server's rate limits: 100/60 per connection, 300/60 per
+    /// address by default).
+    #[arg(long, default_value_t = 4.0)]
+    pub rate: f64,
+    /// Message size, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// The attacker stops once the server's RSS passes this (MiB), so an
+    /// unbounded server does not take the machine down; the report says so.
+    #[arg(long, default_value_t = 1024)]
+    pub rss_cap_mib: u64,
+    /// The attacker's first source address is 127.0.0.N (it may use up to
+    /// 50 from there); keep it apart from the bystanders' `--sources`.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(2..=200))]
+    pub attacker_source: u8,
+}
+
+/// What runs next to a chat scenario's measured window (the hostile
+/// scenario's attacker and RSS sampling); the plain scenarios use
+/// [`NoHooks`].
+pub trait WindowHooks {
+    /// Connections are open and settled; called just before the window.
+    fn start(&mut self) {}
+    /// Called on every turn of the window's loop.
+    fn tick(&mut self) {}
+    /// Sending and draining are over; add to the tally.
+    fn stop(&mut self, _t: &mut Tally) {}
+}
+
+pub struct NoHooks;
+
+impl WindowHooks for NoHooks {}
+
 pub fn common(cmd: &Cmd) -> &Common {
     match cmd {
         Cmd::Idle(a) => &a.common,
@@ -115,6 +162,7 @@ pub fn common(cmd: &Cmd) -> &Common {
         Cmd::Echo(a) => &a.common,
         Cmd::Fanout(a) => &a.common,
         Cmd::Rooms(a) => &a.common,
+        Cmd::Hostile(a) => &a.common,
         Cmd::Compare(_) => unreachable!("bug: compare is not a scenario"),
     }
 }
@@ -144,6 +192,7 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx, fd_limit: u64) -> io::Result<Vec<Tally>> {
         Cmd::Echo(a) => a.conns,
         Cmd::Fanout(a) => local(a.conns),
         Cmd::Rooms(a) => local(a.rooms * a.per_room),
+        Cmd::Hostile(a) => a.bystanders,
         _ => 0,
     };
     if want + 32 > fd_limit {
@@ -155,8 +204,33 @@ pub fn run(cmd: &Cmd, ctx: &mut Ctx, fd_limit: u64) -> io::Result<Vec<Tally>> {
         Cmd::Idle(a) => vec![idle(ctx, &mut eng, a)?],
         Cmd::Storm(a) => vec![storm(ctx, &mut eng, a)?],
         Cmd::Echo(a) => echo(ctx, &mut eng, a)?,
-        Cmd::Fanout(a) => vec![chat(ctx, &mut eng, &Chat::fanout(a, ctx.nonce))?],
-        Cmd::Rooms(a) => vec![chat(ctx, &mut eng, &Chat::rooms(a, ctx.nonce))?],
+        Cmd::Fanout(a) => vec![chat(
+            ctx,
+            &mut eng,
+            &Chat::fanout(a, ctx.nonce),
+            &mut NoHooks,
+        )?],
+        Cmd::Rooms(a) => vec![chat(
+            ctx,
+            &mut eng,
+            &Chat::rooms(a, ctx.nonce),
+            &mut NoHooks,
+        )?],
+        Cmd::Hostile(a) => {
+            let target = crate::attack::Target {
+                addr: targets[0],
+                first_source: a.attacker_source,
+                room: format!("lt{:08x}", ctx.nonce),
+            };
+            let mut hooks =
+                crate::attack::HostileHooks::new(a.kind, target, ctx.c.server_pid, a.rss_cap_mib);
+            vec![chat(
+                ctx,
+                &mut eng,
+                &Chat::hostile(a, ctx.nonce),
+                &mut hooks,
+            )?]
+        }
         Cmd::Compare(_) => unreachable!("bug: compare is not a scenario"),
     };
     ctx.progress_done();
@@ -216,6 +290,17 @@ pub fn finalize(cmd: &Cmd, t: &Tally, phase: usize) -> Report {
             );
             r.params.insert("rate".into(), json!(a.rate));
             r.params.insert("size".into(), json!(a.size));
+            r
+        }
+        Cmd::Hostile(a) => {
+            let mut r = Report::from_tally("hostile", t, "delivery", t.delivered);
+            r.params.insert("kind".into(), json!(a.kind.name()));
+            r.params.insert("bystanders".into(), json!(a.bystanders));
+            r.params.insert("rate".into(), json!(a.rate));
+            r.params.insert("size".into(), json!(a.size));
+            r.params.insert("rss_cap_mib".into(), json!(a.rss_cap_mib));
+            r.server.rss_peak = t.rss_peak;
+            r.attack.clone_from(&t.attack);
             r
         }
         Cmd::Compare(_) => unreachable!("bug: compare is not a scenario"),
@@ -599,6 +684,9 @@ pub struct Chat {
     /// i.e. senders in its group.
     senders_per_group: u64,
     json_events: bool,
+    /// Wait up to `--drain` for late messages even when nothing arrived
+    /// for a second (hostile: a stalled server delivers late, not never).
+    patient: bool,
 }
 
 impl Chat {
@@ -625,6 +713,7 @@ impl Chat {
             sends: Box::new(|g| g == 0),
             senders_per_group: 1,
             json_events: !global && !a.common.raw,
+            patient: false,
         }
     }
 
@@ -645,6 +734,29 @@ impl Chat {
             sends: Box::new(move |g| g % per < senders),
             senders_per_group: senders,
             json_events: !a.common.raw,
+            patient: false,
+        }
+    }
+}
+
+impl Chat {
+    /// Bystanders in one room, each sending in turn, while an attacker
+    /// does its worst elsewhere on the same server.
+    pub fn hostile(a: &HostileArgs, nonce: u32) -> Chat {
+        let n = a.bystanders.max(2);
+        Chat {
+            label: "hostile",
+            conns: n,
+            rate: a.rate / n as f64,
+            size: a.size,
+            path: Box::new(move |g| format!("/ws/lt{nonce:08x}-calm/c{g}")),
+            node: Box::new(|_| 0),
+            group: Box::new(|_| 0),
+            groups: 1,
+            sends: Box::new(|_| true),
+            senders_per_group: n,
+            json_events: !a.common.raw,
+            patient: true,
         }
     }
 }
@@ -719,7 +831,12 @@ impl Receivers {
     }
 }
 
-fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
+fn chat(
+    ctx: &mut Ctx,
+    eng: &mut Engine,
+    s: &Chat,
+    hooks: &mut dyn WindowHooks,
+) -> io::Result<Tally> {
     let label = s.label;
     let mut t = Tally {
         sent_per_group: vec![0; s.groups as usize],
@@ -769,6 +886,7 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
     // Every sender sends exactly `per_sender`, so each receiver expects
     // `senders_per_group * per_sender`, whichever shard its senders are in.
     let expected_each = s.senders_per_group * per_sender;
+    hooks.start();
     ctx.begin_window()?;
     let start = now_ns() + MS;
     t.run_start_ns = start;
@@ -810,7 +928,7 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
         }
         if let Some(done) = done_sending_at {
             let complete = rx.got.iter().all(|&g| g >= expected_each);
-            let quiet = now - last_delivery_change > SEC && now - done > SEC;
+            let quiet = !s.patient && now - last_delivery_change > SEC && now - done > SEC;
             if complete || quiet || now - done > (ctx.c.drain * 1e9) as u64 || now >= hard_end {
                 break;
             }
@@ -825,6 +943,7 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
             Duration::from_millis(20)
         };
         eng.poll(wait, &mut |a, b, c| rx.on(a, b, c))?;
+        hooks.tick();
         for note in eng.take_notes() {
             if let Note::Failed { why, .. } = note {
                 alive -= 1;
@@ -840,6 +959,7 @@ fn chat(ctx: &mut Ctx, eng: &mut Engine, s: &Chat) -> io::Result<Tally> {
             ));
         }
     }
+    hooks.stop(&mut t);
     t.run_end_ns = rx.last_at.max(done_sending_at.unwrap_or(start));
     t.delivered = rx.got.iter().sum();
     t.receivers = globals

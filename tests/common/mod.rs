@@ -45,7 +45,41 @@ impl Server {
     }
 
     pub fn try_start_env(args: &[&str], envs: &[(&str, &str)]) -> Result<Server, String> {
+        Server::try_start_with(args, envs, None)
+    }
+
+    /// Starts with the open-file limit (soft and hard) of the daemon set to
+    /// `nofile`, so that it cannot raise it: for the `--max-connections` clamp.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Server {
+        Server::try_start_with(args, &[], Some(nofile))
+            .unwrap_or_else(|e| panic!("wisp {args:?} (nofile {nofile}) did not start: {e}"))
+    }
+
+    pub fn try_start_with(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Result<Server, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wisp"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `lim`, a
+            // plain struct copied into the closure; nothing else runs in the
+            // forked child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         cmd.arg("--bind")
             .arg("127.0.0.1:0")
             .args(args)
@@ -678,5 +712,401 @@ impl Bystanders {
             assert_eq!(id, last + 1, "a message id was skipped");
         }
         self.last_id = Some(id);
+    }
+}
+
+// ---- helpers for attack tests (tests/attacks.rs) ---------------------------
+
+/// `127.0.0.x`: a distinct loopback source address, so that per-address
+/// limits (connections, rate) never mix an attacker with the bystanders, who
+/// connect from 127.0.0.1.
+pub fn lo(x: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, x))
+}
+
+/// Resident set size of process `pid` in KiB; `None` once it has exited (a
+/// zombie has no `VmRSS` line).
+pub fn rss_kib_of(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Samples a daemon's RSS every 20 ms on its own thread and keeps the peak.
+///
+/// Past `cap_kib` it kills the daemon (SIGKILL, by the PID this test
+/// started): an unbounded daemon would otherwise take the shared machine
+/// down before the test could fail. Drop it before the [`Server`] (declare it
+/// after), so the PID is never signalled after the child was reaped.
+pub struct RssWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    killed: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    pub cap_kib: u64,
+}
+
+impl RssWatch {
+    pub fn start(server: &Server, cap_kib: u64) -> RssWatch {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let pid = server.pid();
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_kib_of(pid).unwrap_or(0)));
+        let killed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, peak, killed) = (stop.clone(), peak.clone(), killed.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(kib) = rss_kib_of(pid) else { break };
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                    if kib > cap_kib {
+                        // SAFETY: kill(2) on the PID of the daemon this test
+                        // started and has not reaped yet (see the type's doc).
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        killed.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        RssWatch {
+            stop,
+            peak,
+            killed,
+            thread: Some(thread),
+            cap_kib,
+        }
+    }
+
+    /// The highest RSS seen so far, KiB.
+    pub fn peak_kib(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the daemon passed the cap and was killed.
+    pub fn killed(&self) -> bool {
+        self.killed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP connection from `from` with an optional small receive buffer and an
+/// optional small MSS (set before connecting, so the server's send buffer,
+/// sized from the MSS, stays small too: what it cannot hand to the kernel it
+/// has to hold itself).
+pub fn connect_tuned(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    recv_buffer: Option<usize>,
+    mss: Option<u32>,
+) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n)?;
+    }
+    if let Some(m) = mss {
+        sock.set_mss(m)?;
+    }
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    sock.connect_timeout(&to.into(), TIMEOUT)?;
+    let stream: TcpStream = sock.into();
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// How [`pump`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PumpEnd {
+    /// Everything asked for was written.
+    Done,
+    /// No byte was accepted for the stall time: the server stopped reading.
+    Stalled,
+    /// The connection was closed or reset (by the server, or by its death).
+    Closed,
+    /// The time limit or the stop flag.
+    Stopped,
+}
+
+/// What [`pump`] got through.
+#[derive(Debug, Clone, Copy)]
+pub struct Pumped {
+    pub accepted: u64,
+    pub elapsed: Duration,
+    pub end: PumpEnd,
+}
+
+/// Writes `chunk` over and over (never reading) until `total` bytes were
+/// accepted, no byte was accepted for `stall`, the connection ends,
+/// `max_time` passes or `stop` is set. `chunk` should hold whole frames or
+/// requests; `total` is rounded up to whole chunks.
+pub fn pump(
+    stream: &mut TcpStream,
+    chunk: &[u8],
+    total: u64,
+    max_time: Duration,
+    stall: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Pumped {
+    let started = Instant::now();
+    let mut last_progress = started;
+    let mut accepted = 0u64;
+    let mut pos = 0usize;
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let end = loop {
+        if accepted >= total && pos == 0 {
+            break PumpEnd::Done;
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) || started.elapsed() >= max_time {
+            break PumpEnd::Stopped;
+        }
+        match stream.write(&chunk[pos..]) {
+            Ok(0) => break PumpEnd::Closed,
+            Ok(n) => {
+                accepted += n as u64;
+                pos = (pos + n) % chunk.len();
+                last_progress = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if last_progress.elapsed() >= stall {
+                    break PumpEnd::Stalled;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break PumpEnd::Closed,
+        }
+    };
+    Pumped {
+        accepted,
+        elapsed: started.elapsed(),
+        end,
+    }
+}
+
+impl HttpConn {
+    /// Reads one response (head and `Content-Length` body) within `within`;
+    /// an error says what was missing instead of panicking.
+    pub fn try_read_response(&mut self, within: Duration) -> Result<Response, String> {
+        let deadline = Instant::now() + within;
+        let mut head: Option<Response> = None;
+        loop {
+            if head.is_none() {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        let r = Response {
+                            status: resp.code.unwrap_or(0),
+                            head: String::from_utf8_lossy(&self.buf[..n]).into_owned(),
+                            headers: resp
+                                .headers
+                                .iter()
+                                .map(|h| {
+                                    (
+                                        h.name.to_string(),
+                                        String::from_utf8_lossy(h.value).into_owned(),
+                                    )
+                                })
+                                .collect(),
+                            body: Vec::new(),
+                        };
+                        self.buf.drain(..n);
+                        head = Some(r);
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(e) => return Err(format!("not an HTTP response: {e}")),
+                }
+            }
+            if let Some(r) = head.as_mut() {
+                let len = r.content_length().unwrap_or(0);
+                if self.buf.len() >= len {
+                    r.body = self.buf.drain(..len).collect();
+                    return Ok(head.take().expect("bug: head is set"));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no complete response within {within:?} ({} bytes so far)",
+                    self.buf.len()
+                ));
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 64 * 1024];
+            let r = self.stream.read(&mut chunk);
+            self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            match r {
+                Ok(0) => return Err("EOF before a complete response".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+}
+
+/// `GET path` on a fresh connection from `from`, answered within `within`;
+/// returns the time it took and the response.
+pub fn timed_get(
+    server: &Server,
+    from: std::net::IpAddr,
+    path: &str,
+    within: Duration,
+) -> Result<(Duration, Response), String> {
+    let started = Instant::now();
+    let stream =
+        connect_from(from, server.addr, None).map_err(|e| format!("connect for {path}: {e}"))?;
+    let mut c = HttpConn::from_stream(stream);
+    c.try_send(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send {path}: {e}"))?;
+    let r = c.try_read_response(within)?;
+    Ok((started.elapsed(), r))
+}
+
+/// What [`RawWs::recv_within`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    Frame(Frame),
+    /// Nothing complete arrived in time.
+    Quiet,
+    /// The server closed the TCP connection (or reset it).
+    Eof,
+}
+
+impl RawWs {
+    /// The next frame if one arrives within `within`.
+    pub fn recv_within(&mut self, within: Duration) -> Polled {
+        let deadline = Instant::now() + within;
+        loop {
+            let (n, frame) = match self.ws.read(&mut self.conn.buf) {
+                Ok((n, ev)) => (
+                    n,
+                    ev.map(|ev| match ev {
+                        Event::Text(t) => Frame::Text(t.to_string()),
+                        Event::Binary(b) => Frame::Binary(b.to_vec()),
+                        Event::Ping(p) => Frame::Ping(p.to_vec()),
+                        Event::Pong(p) => Frame::Pong(p.to_vec()),
+                        Event::Close { code, reason } => {
+                            Frame::Close(code.map(|c| c.as_u16()), reason.to_string())
+                        }
+                    }),
+                ),
+                Err(e) => panic!("the server sent an invalid frame: {e:?}"),
+            };
+            self.conn.buf.drain(..n);
+            if let Some(f) = frame {
+                return Polled::Frame(f);
+            }
+            if n > 0 {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Polled::Quiet;
+            }
+            self.conn.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 64 * 1024];
+            let r = self.conn.stream.read(&mut chunk);
+            self.conn.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            match r {
+                Ok(0) => return Polled::Eof,
+                Ok(n) => self.conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if is_closed(&e) => return Polled::Eof,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Polled::Quiet
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+}
+
+/// Reads events until one of type `kind` or `deadline`; an error says why.
+pub fn try_read_event_of(
+    ws: &mut Ws,
+    kind: &str,
+    deadline: Instant,
+) -> Result<serde_json::Value, String> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no {kind} event in time"));
+        }
+        ws.get_mut().set_read_timeout(Some(left)).unwrap();
+        let r = ws.read();
+        ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
+        match r {
+            Ok(tungstenite::Message::Text(t)) => {
+                let ev: serde_json::Value =
+                    serde_json::from_str(&t).map_err(|e| format!("event not JSON: {e}"))?;
+                if ev["type"] == kind {
+                    return Ok(ev);
+                }
+            }
+            Ok(tungstenite::Message::Close(f)) => {
+                return Err(format!("closed by the server: {f:?}"))
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return Err(format!("no {kind} event in time"))
+            }
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+impl Bystanders {
+    /// Like [`Bystanders::check`], but the round trip (Alice sends, both
+    /// receive) must complete within `within`; returns how long it took.
+    /// Alice and Bob take turns sending, so each stays far under the
+    /// per-connection rate limit.
+    pub fn try_check(&mut self, within: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let deadline = started + within;
+        self.n += 1;
+        let text = format!("still here {}", self.n);
+        let (sender, other) = if self.n.is_multiple_of(2) {
+            (&mut self.b, &mut self.a)
+        } else {
+            (&mut self.a, &mut self.b)
+        };
+        sender
+            .send(tungstenite::Message::Text(text.clone()))
+            .map_err(|e| format!("bystander send: {e}"))?;
+        let es = try_read_event_of(sender, "message", deadline)
+            .map_err(|e| format!("bystander sender: {e} after {:?}", started.elapsed()))?;
+        let eo = try_read_event_of(other, "message", deadline)
+            .map_err(|e| format!("bystander receiver: {e} after {:?}", started.elapsed()))?;
+        if es["content"] != text.as_str() || eo["content"] != text.as_str() {
+            return Err(format!("bystanders got {es} / {eo}, want {text:?}"));
+        }
+        if es["id"] != eo["id"] {
+            return Err(format!("bystanders disagree on the id: {es} / {eo}"));
+        }
+        let id = es["id"].as_u64().ok_or("no numeric id")?;
+        if let Some(last) = self.last_id {
+            if id != last + 1 {
+                return Err(format!(
+                    "a bystander message id was skipped: {last} then {id}"
+                ));
+            }
+        }
+        self.last_id = Some(id);
+        Ok(started.elapsed())
     }
 }
