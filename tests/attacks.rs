@@ -277,25 +277,16 @@ fn pipelined_get_flood_without_reading_is_bounded() {
     let mut watch = Watch::join(&server);
     let before = server.metric("wisp_http_requests_total");
 
-    let mut stream = connect_tuned(lo(2), server.addr, Some(4096), None).unwrap();
+    let stream = connect_tuned(lo(2), server.addr, Some(4096), None).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     const REQUESTS: u64 = 300_000;
     let req = b"GET / HTTP/1.1\r\n\r\n";
-    let attack = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let chunk = chunk_of(req);
-            let p = pump(
-                &mut stream,
-                &chunk,
-                REQUESTS * req.len() as u64,
-                Duration::from_secs(10),
-                Duration::from_secs(3),
-                &stop,
-            );
-            (p, stream)
-        })
-    };
+    let attack = pump_in_background(
+        stream,
+        chunk_of(req),
+        REQUESTS * req.len() as u64,
+        stop.clone(),
+    );
     let seen = watch.during(Duration::from_secs(6), Duration::from_secs(12), || {
         attack.is_finished()
     });
@@ -336,28 +327,15 @@ fn ping_flood_without_reading_pongs_is_bounded() {
 
     let stream = connect_tuned(lo(3), server.addr, Some(4096), None).unwrap();
     let mut pinger = RawWs::connect_from(HttpConn::from_stream(stream), server.addr, "/echo");
-    let mut writer = pinger.conn.stream.try_clone().unwrap();
+    let writer = pinger.conn.stream.try_clone().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let ping = masked_frame(OpCode::Ping, b"");
-    let attack = {
-        let stop = stop.clone();
-        let chunk = chunk_of(&ping);
-        thread::spawn(move || {
-            pump(
-                &mut writer,
-                &chunk,
-                300 * MIB,
-                Duration::from_secs(10),
-                Duration::from_secs(3),
-                &stop,
-            )
-        })
-    };
+    let attack = pump_in_background(writer, chunk_of(&ping), 300 * MIB, stop.clone());
     let seen = watch.during(Duration::from_secs(3), Duration::from_secs(14), || {
         attack.is_finished()
     });
     stop.store(true, Ordering::Relaxed);
-    let pumped = attack.join().expect("attacker");
+    let (pumped, _) = attack.join().expect("attacker");
     let pings = pumped.accepted / ping.len() as u64;
     let ctx0 = format!(
         "attacker wrote {} MiB = {pings} pings ({:?} after {:.1} s); {}; {}; {}",
@@ -400,29 +378,16 @@ fn message_flood_over_the_rate_limit_gets_one_error_per_refill() {
         server.addr,
         "/ws/flooded/mallory",
     );
-    let mut writer = flooder.conn.stream.try_clone().unwrap();
+    let writer = flooder.conn.stream.try_clone().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let msg = masked_frame(OpCode::Text, b"x");
     let started = Instant::now();
-    let attack = {
-        let stop = stop.clone();
-        let chunk = chunk_of(&msg);
-        thread::spawn(move || {
-            pump(
-                &mut writer,
-                &chunk,
-                100 * MIB,
-                Duration::from_secs(10),
-                Duration::from_secs(3),
-                &stop,
-            )
-        })
-    };
+    let attack = pump_in_background(writer, chunk_of(&msg), 100 * MIB, stop.clone());
     let seen = watch.during(Duration::from_secs(3), Duration::from_secs(14), || {
         attack.is_finished()
     });
     stop.store(true, Ordering::Relaxed);
-    let pumped = attack.join().expect("attacker");
+    let (pumped, _) = attack.join().expect("attacker");
     let ctx0 = format!(
         "attacker wrote {} messages ({:?} after {:.1} s); {}; {}; {}",
         pumped.accepted / msg.len() as u64,
@@ -483,25 +448,16 @@ fn pipelined_history_gets_on_a_control_character_history_are_bounded() {
     let base = server.rss_kib();
     let before = server.metric("wisp_http_requests_total");
 
-    let mut stream = connect_tuned(lo(5), server.addr, Some(4096), None).unwrap();
+    let stream = connect_tuned(lo(5), server.addr, Some(4096), None).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let req = b"GET /messages HTTP/1.1\r\nHost: t\r\n\r\n";
     const REQUESTS: u64 = 2000;
-    let attack = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let chunk = req.repeat(100);
-            let p = pump(
-                &mut stream,
-                &chunk,
-                REQUESTS * req.len() as u64,
-                Duration::from_secs(10),
-                Duration::from_secs(3),
-                &stop,
-            );
-            (p, stream)
-        })
-    };
+    let attack = pump_in_background(
+        stream,
+        req.repeat(100),
+        REQUESTS * req.len() as u64,
+        stop.clone(),
+    );
     let seen = watch.during(Duration::from_secs(6), Duration::from_secs(12), || {
         attack.is_finished()
     });

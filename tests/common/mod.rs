@@ -438,6 +438,21 @@ pub enum Frame {
     Close(Option<u16>, String),
 }
 
+impl Frame {
+    /// An owned copy of what the decoder found.
+    pub fn from_event(ev: Event<'_>) -> Frame {
+        match ev {
+            Event::Text(t) => Frame::Text(t.to_string()),
+            Event::Binary(b) => Frame::Binary(b.to_vec()),
+            Event::Ping(p) => Frame::Ping(p.to_vec()),
+            Event::Pong(p) => Frame::Pong(p.to_vec()),
+            Event::Close { code, reason } => {
+                Frame::Close(code.map(|c| c.as_u16()), reason.to_string())
+            }
+        }
+    }
+}
+
 /// A WebSocket peer over a raw socket, decoding with wisp's own codec (client role).
 pub struct RawWs {
     pub conn: HttpConn,
@@ -494,18 +509,7 @@ impl RawWs {
     pub fn recv(&mut self) -> Option<Frame> {
         loop {
             let (n, frame) = match self.ws.read(&mut self.conn.buf) {
-                Ok((n, ev)) => (
-                    n,
-                    ev.map(|ev| match ev {
-                        Event::Text(t) => Frame::Text(t.to_string()),
-                        Event::Binary(b) => Frame::Binary(b.to_vec()),
-                        Event::Ping(p) => Frame::Ping(p.to_vec()),
-                        Event::Pong(p) => Frame::Pong(p.to_vec()),
-                        Event::Close { code, reason } => {
-                            Frame::Close(code.map(|c| c.as_u16()), reason.to_string())
-                        }
-                    }),
-                ),
+                Ok((n, ev)) => (n, ev.map(Frame::from_event)),
                 Err(e) => panic!("the server sent an invalid frame: {e:?}"),
             };
             self.conn.buf.drain(..n);
@@ -850,6 +854,28 @@ pub struct Pumped {
 /// Writes `chunk` over and over (never reading) until `total` bytes were
 /// accepted, no byte was accepted for `stall`, the connection ends,
 /// `max_time` passes or `stop` is set. `chunk` should hold whole frames or
+/// [`pump`] on a thread of its own, for an attack that runs while the test watches the bystanders:
+/// at most `total` bytes of `chunk` repeated, within 10 s, giving up after 3 s without progress or
+/// when `stop` is set. The thread hands the stream back with what was pumped.
+pub fn pump_in_background(
+    mut stream: TcpStream,
+    chunk: Vec<u8>,
+    total: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Pumped, TcpStream)> {
+    std::thread::spawn(move || {
+        let p = pump(
+            &mut stream,
+            &chunk,
+            total,
+            Duration::from_secs(10),
+            Duration::from_secs(3),
+            &stop,
+        );
+        (p, stream)
+    })
+}
+
 /// requests; `total` is rounded up to whole chunks.
 pub fn pump(
     stream: &mut TcpStream,
@@ -991,18 +1017,7 @@ impl RawWs {
         let deadline = Instant::now() + within;
         loop {
             let (n, frame) = match self.ws.read(&mut self.conn.buf) {
-                Ok((n, ev)) => (
-                    n,
-                    ev.map(|ev| match ev {
-                        Event::Text(t) => Frame::Text(t.to_string()),
-                        Event::Binary(b) => Frame::Binary(b.to_vec()),
-                        Event::Ping(p) => Frame::Ping(p.to_vec()),
-                        Event::Pong(p) => Frame::Pong(p.to_vec()),
-                        Event::Close { code, reason } => {
-                            Frame::Close(code.map(|c| c.as_u16()), reason.to_string())
-                        }
-                    }),
-                ),
+                Ok((n, ev)) => (n, ev.map(Frame::from_event)),
                 Err(e) => panic!("the server sent an invalid frame: {e:?}"),
             };
             self.conn.buf.drain(..n);
