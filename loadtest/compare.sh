@@ -13,7 +13,11 @@
 # CDF per scenario in OUTDIR/<scenario>/cdf.svg).
 #
 # Env: QUICK=1, SERVERS="wisp floor tokio-peer node-peer", SCENARIOS="..."
-# (names as below), WISP_BIN=path (skip building Wisp, use this binary).
+# (names as below), WISP_BIN=path (skip building Wisp, use this binary),
+# WISP_BASE_BIN=path: a second Wisp binary (e.g. a build of the previous
+# commit) run as server `wisp-base` with the same options, so a change is
+# measured against what it changes in the same run
+# (SERVERS="wisp wisp-base floor").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -26,7 +30,11 @@ client_cpu="${CLIENT_CPU:-1}"
 # shellcheck source=loadtest/common.sh
 source "$root/loadtest/common.sh"
 build_tools
-loadtest/peers/build.sh >/dev/null
+peer_names=""
+for s in $servers; do
+    case "$s" in floor | tokio-peer | node-peer) peer_names+=" $s" ;; esac
+done
+[[ -z "$peer_names" ]] || loadtest/peers/build.sh $peer_names >/dev/null
 peers="$root/loadtest/peers"
 
 # Both the servers and the generator inherit this; 20,000 is this box's hard
@@ -43,6 +51,8 @@ start_server() { # NAME LOG
     case "$name" in
     wisp) cmd=("$wisp_bin" --bind 127.0.0.1:0 --rate-limit 0
         --max-outbound-bytes 268435456 --log info) ;;
+    wisp-base) cmd=("${WISP_BASE_BIN:?set WISP_BASE_BIN to run wisp-base}" --bind 127.0.0.1:0
+        --rate-limit 0 --max-outbound-bytes 268435456 --log info) ;;
     floor) cmd=("$peers/floor/target/release/floor" 127.0.0.1:0) ;;
     tokio-peer) cmd=("$peers/tokio-peer/target/release/tokio-peer" 127.0.0.1:0) ;;
     node-peer) cmd=(node "$peers/node-peer/server.mjs" 127.0.0.1:0) ;;

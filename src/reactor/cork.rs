@@ -51,6 +51,7 @@ pub(crate) enum Item {
 }
 
 impl Cork {
+    #[inline]
     pub(crate) fn item_bytes(&self, item: Item) -> &[u8] {
         match item {
             Item::Shared(i) => self.shared[i as usize].frame(),
@@ -62,6 +63,7 @@ impl Cork {
 
     /// The bytes of the list starting at `node` when it holds exactly one item: the common fan-out
     /// case, which `flush` writes with a plain `write` instead of building a vector.
+    #[inline]
     pub(crate) fn lone(&self, node: u32) -> Option<&[u8]> {
         if node == NONE {
             return None;
@@ -73,6 +75,7 @@ impl Cork {
     /// Fills `iov` from the list starting at `node`, the first item from its byte `skip` on, as far
     /// as `iov` goes; returns how many slices were filled and the node after the last one taken
     /// (`NONE` at the end of the list).
+    #[inline]
     pub(crate) fn gather<'c>(
         &'c self,
         mut node: u32,
@@ -93,13 +96,16 @@ impl Cork {
     /// Makes `frame` available to this turn's lists; returns its index for [`Item::Shared`].
     pub(crate) fn share(&mut self, frame: &SharedFrame) -> Shared {
         self.shared.push(frame.clone());
-        Shared((self.shared.len() - 1) as u32)
+        Shared {
+            index: (self.shared.len() - 1) as u32,
+            len: frame.frame().len() as u32,
+        }
     }
 
     /// Appends `item` to `conn`'s list for this turn.
-    pub(crate) fn link<E>(&mut self, index: u32, conn: &mut Conn<E>, item: Item) {
-        let len = self.item_bytes(item).len();
-        conn.corked = conn.corked.saturating_add(len as u32);
+    #[inline]
+    pub(crate) fn link<E>(&mut self, index: u32, conn: &mut Conn<E>, item: Item, len: u32) {
+        conn.corked = conn.corked.saturating_add(len);
         self.link_at(index, &mut conn.cork_head, &mut conn.cork_tail, item);
     }
 
@@ -115,10 +121,11 @@ impl Cork {
             self.bytes.extend_from_slice(p);
         }
         let len = u32::try_from(self.bytes.len()).expect("bug: cork over 4 GiB") - start;
-        self.link(index, conn, Item::Local { start, len });
+        self.link(index, conn, Item::Local { start, len }, len);
     }
 
     /// Appends `item` to the list whose ends are `head` and `tail` (connection `index`'s).
+    #[inline]
     pub(crate) fn link_at(&mut self, index: u32, head: &mut u32, tail: &mut u32, item: Item) {
         let id = self.nodes.len() as u32;
         self.nodes.push(Node { item, next: NONE });
@@ -259,7 +266,7 @@ impl BenchFanout {
     /// `broadcast`), then takes each list's bytes as [`flush`] does before its `write` (one frame)
     /// or `writev` (several), and forgets the turn. Returns the bytes the writes would carry.
     pub fn turn(&mut self, event: &SharedFrame) -> usize {
-        let item = Item::Shared(self.cork.share(event).0);
+        let item = Item::Shared(self.cork.share(event).index);
         for (i, (head, tail)) in self.lists.iter_mut().enumerate() {
             self.cork.link_at(i as u32, head, tail, item);
         }

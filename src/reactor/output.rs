@@ -40,13 +40,15 @@ impl<S: Service> Core<S> {
         self.check_cork();
     }
 
+    #[inline]
     pub(super) fn send_shared(&mut self, key: ConnKey, frame: Shared) {
         if let Some(c) = self
             .conns
             .get_mut(key.index as usize)
             .filter(|c| c.gen == key.gen)
         {
-            self.cork.link(key.index, c, Item::Shared(frame.0));
+            self.cork
+                .link(key.index, c, Item::Shared(frame.index), frame.len);
             self.metrics.messages_sent += 1;
             if self.cork.nodes.len() >= CORK_FLUSH_NODES {
                 self.flush_cork();
@@ -193,25 +195,30 @@ impl<S: Service> Running<S> {
                 return;
             }
         }
-        let c = &mut self.core.conns[key.index as usize];
+        // The common case (everything written, nothing to watch) costs one test of the flags and
+        // one of the backlog.
+        let backlog = c.backlog_bytes();
+        if backlog == 0 && c.flags & (flag::PAUSED | flag::DRAIN) == 0 {
+            match c.phase {
+                Phase::Open { .. } => return,
+                Phase::Finishing { .. } => return self.core.doomed.push(key),
+                _ => {}
+            }
+        }
         match c.phase {
-            Phase::Open { .. } if c.backlog_bytes() > limits.max_outbound => {
+            Phase::Open { .. } if backlog > limits.max_outbound => {
                 self.core.metrics.slow_consumers += 1;
-                debug!(
-                    "slow consumer {}: {} bytes pending",
-                    key.index,
-                    c.backlog_bytes()
-                );
+                debug!("slow consumer {}: {backlog} bytes pending", key.index);
                 c.truncate_backlog();
                 self.fail(key, CloseCode::Policy, "slow consumer", Departure::Left);
                 // The close frame is in the cork: write it now if the socket allows.
                 self.flush_one(key);
                 return;
             }
-            Phase::Finishing { .. } if c.backlog_bytes() == 0 => self.core.doomed.push(key),
+            Phase::Finishing { .. } if backlog == 0 => self.core.doomed.push(key),
             Phase::ClosingByUs {
                 fin_sent: false, ..
-            } if c.backlog_bytes() == 0 => {
+            } if backlog == 0 => {
                 // Our close is out: send FIN and wait for the peer's.
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
                 if let Phase::ClosingByUs { fin_sent, .. } = &mut c.phase {
@@ -220,13 +227,13 @@ impl<S: Service> Running<S> {
             }
             _ => {}
         }
-        let c = &mut self.core.conns[key.index as usize];
-        if c.has(flag::PAUSED) && c.pending() < limits.resume_at {
+        // Nothing is corked for `c` any more: its pending output is its backlog.
+        if c.has(flag::PAUSED) && backlog < limits.resume_at {
             c.set(flag::PAUSED, false);
             self.core.defer(key);
         }
         let c = &mut self.core.conns[key.index as usize];
-        if c.has(flag::DRAIN) && c.pending() == 0 {
+        if c.has(flag::DRAIN) && backlog == 0 {
             c.set(flag::DRAIN, false);
             self.core.drained.push(key);
         }

@@ -68,7 +68,12 @@ pub enum Departure {
 
 /// A frame queued once for many recipients this turn (see [`Io::share`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shared(pub(super) u32);
+pub struct Shared {
+    /// Index into this turn's shared frames.
+    pub(super) index: u32,
+    /// The frame's length, so linking it costs no lookup per recipient.
+    pub(super) len: u32,
+}
 
 /// What runs on the reactor.
 pub trait Service {
