@@ -19,7 +19,7 @@ build_tools() {
 wait_addr() {
     local log=$1 pid=$2 secs=${3:-10} addr=""
     for _ in $(seq 1 $((secs * 10))); do
-        addr="$(grep -o 'http://[^/ ]*/' "$log" | head -n 1 | sed 's#http://##; s#/$##' || true)"
+        addr="$(grep -so 'http://[^/ ]*/' "$log" | head -n 1 | sed 's#http://##; s#/$##' || true)"
         if [[ -n "$addr" ]]; then
             echo "$addr"
             return 0
