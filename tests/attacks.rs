@@ -316,6 +316,61 @@ fn pipelined_get_flood_without_reading_is_bounded() {
     alive_and_serving(&server, &mut watch, &ctx);
 }
 
+/// A connection paused with pipelined requests in its tail, then read a little and paused again,
+/// over and over: it is answered as it reads, its kept input stays bounded (the tail is served
+/// before anything more is read), and nobody else waits.
+#[test]
+fn pipelined_requests_read_slowly_keep_the_tail_bounded() {
+    let server = Server::start(&[]);
+    let rss = RssWatch::start(&server, KILL_CAP_KIB);
+    let base = server.rss_kib();
+    let mut watch = Watch::join(&server);
+
+    let stream = connect_tuned(lo(20), server.addr, Some(4096), None).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let req = b"GET / HTTP/1.1\r\n\r\n";
+    let attack = pump_in_background(stream, chunk_of(req), 64 * MIB, stop.clone());
+    // Read slowly (about 400 KB/s): the daemon pauses and resumes this connection many times.
+    let slow = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let _ = reader.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = vec![0u8; 4096];
+            let mut total = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => {}
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            total
+        })
+    };
+    let seen = watch.during(Duration::from_secs(6), Duration::from_secs(12), || {
+        attack.is_finished()
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (pumped, stream) = attack.join().expect("attacker");
+    let read = slow.join().expect("reader");
+    let ctx = format!(
+        "attacker wrote {} requests ({:?}), read {read} bytes of answers; {}; {}; {}",
+        pumped.accepted / req.len() as u64,
+        pumped.end,
+        rss_line(&rss, base),
+        watch.summary(),
+        verdict(&seen)
+    );
+    println!("pipelined, read slowly: {ctx}");
+    assert!(read > 1_000_000, "the slow reader was answered: {ctx}");
+    assert_rss_under(&rss, 64 * 1024, &ctx);
+    seen.unwrap_or_else(|e| panic!("{e}; {ctx}"));
+    drop(stream);
+    alive_and_serving(&server, &mut watch, &ctx);
+}
+
 /// Old daemon: every ping queued a pong and the read loop held the turn
 /// while the flood lasted (issue: 300 MiB of empty pings).
 #[test]

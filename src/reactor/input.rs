@@ -28,6 +28,8 @@ impl<S: Service> Running<S> {
     /// a FIN may be queued, or when called from the ready list).
     pub(super) fn on_readable(&mut self, index: usize, rbuf: &mut [u8], drain: bool) {
         let mut budget = READ_BUDGET;
+        // The kept tail is served before anything new is read (see below).
+        let mut tail_first = true;
         let limits = self.core.limits;
         loop {
             let Some(c) = self.core.conns.get_mut(index) else {
@@ -54,6 +56,21 @@ impl<S: Service> Running<S> {
                 rbuf[..start].copy_from_slice(c.tail());
                 c.set_tail(&[]);
             }
+            if start > 0 && tail_first {
+                // After a pause the tail may hold whole requests left unanswered. Serve them
+                // before reading, so that more is read only behind an incomplete unit (a request
+                // head, a frame header, a control frame): the tail never holds more than one
+                // read's worth plus one request head.
+                tail_first = false;
+                let used = self.consume(key, &mut rbuf[..start]);
+                self.keep_tail(key, &rbuf[used..start]);
+                continue;
+            }
+            tail_first = false;
+            debug_assert!(
+                start <= READ_BUDGET + handshake::MAX_HEAD,
+                "bug: a tail of {start} bytes"
+            );
             let room = (rbuf.len() - start).min(budget);
             let n = match c.stream.read(&mut rbuf[start..start + room]) {
                 Ok(0) => {
@@ -63,12 +80,7 @@ impl<S: Service> Running<S> {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // A tail left behind by a pause (pipelined requests) is served now that the
-                    // connection is read again; an incomplete one just goes back.
-                    if start > 0 && drain {
-                        let used = self.consume(key, &mut rbuf[..start]);
-                        self.keep_tail(key, &rbuf[used..start]);
-                    } else if start > 0 {
+                    if start > 0 {
                         c.set_tail(&rbuf[..start]);
                     }
                     return;
