@@ -76,6 +76,7 @@ use views::page;
 pub use events::{EventFrame, Presence};
 pub use names::clean_name;
 pub(crate) use names::percent_decode;
+pub(crate) use names::{sanitize_name, DEFAULT_ROOM};
 pub use replica::{
     clean_client, clean_room, ClusterImage, ClusterMessage, Delivery, ImageApplied, Origin,
     RoomImage,
@@ -622,6 +623,14 @@ impl Chat {
     pub fn member_name(&self, key: RoomKey, m: MemberId) -> Option<&str> {
         let room = self.rooms.get(key)?;
         room.presence.name_of(m)
+    }
+
+    /// Whether `name` (already cleaned) is someone's name in room `room` (already cleaned), here or,
+    /// in a cluster, as far as this daemon's replica knows.
+    pub fn name_in_use(&self, room: &str, name: &str) -> bool {
+        self.rooms
+            .find(room)
+            .is_some_and(|r| r.users().any(|u| u == name))
     }
 
     /// The room's name (`room_id`), for logs; `None` for a stale key.

@@ -48,6 +48,10 @@ pub struct Request<'b> {
     pub connection_upgrade: bool,
     pub key: Option<&'b [u8]>,
     pub version: Option<&'b [u8]>,
+    /// The value of `Authorization` (a connection token or an API key; never logged).
+    pub authorization: Option<&'b str>,
+    /// The value of `Sec-WebSocket-Protocol`, if present (§4.2.1 (8)).
+    pub protocols: Option<&'b str>,
 }
 
 impl Request<'_> {
@@ -145,6 +149,8 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
         connection_upgrade: false,
         key: None,
         version: None,
+        authorization: None,
+        protocols: None,
     };
     for h in req.headers.iter() {
         let name = h.name;
@@ -164,6 +170,10 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
             out.key = Some(trim(h.value));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.version = Some(trim(h.value));
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = std::str::from_utf8(trim(h.value)).ok();
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            out.protocols = std::str::from_utf8(trim(h.value)).ok();
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = std::str::from_utf8(trim(h.value)).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -253,6 +263,16 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
+/// Adds `Sec-WebSocket-Protocol: protocol` (§4.2.2 step 5.5: one of the values the client offered)
+/// to a complete 101 answer, before its blank line.
+pub fn with_subprotocol(mut answer: Vec<u8>, protocol: &str) -> Vec<u8> {
+    debug_assert!(answer.ends_with(b"\r\n\r\n"), "bug: not a complete head");
+    let at = answer.len() - 2;
+    let line = format!("Sec-WebSocket-Protocol: {protocol}\r\n");
+    answer.splice(at..at, line.into_bytes());
+    answer
+}
+
 /// The `101 Switching Protocols` answer.
 pub fn switching_protocols(accept: &[u8; 28]) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
@@ -271,6 +291,27 @@ fn trim(v: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subprotocol_line_goes_before_the_blank_line() {
+        let out = with_subprotocol(switching_protocols(&[b'a'; 28]), "wisp");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("\r\nSec-WebSocket-Protocol: wisp\r\n\r\n"),
+            "{text}"
+        );
+        assert!(text.starts_with("HTTP/1.1 101 "));
+    }
+
+    #[test]
+    fn authorization_and_protocols_are_kept() {
+        let req = b"GET /ws HTTP/1.1\r\nAuthorization: Bearer t.k.n\r\nSec-WebSocket-Protocol: wisp, a.b.c\r\n\r\n";
+        let Ok(Decoded::Done((r, _))) = parse(req) else {
+            panic!("bug: should parse")
+        };
+        assert_eq!(r.authorization, Some("Bearer t.k.n"));
+        assert_eq!(r.protocols, Some("wisp, a.b.c"));
+    }
 
     const GOOD: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://a.example\r\n\r\n";

@@ -203,8 +203,11 @@ impl<S: Service> Running<S> {
                     buf.len()
                 }
                 Ok(accept) => {
-                    self.core
-                        .send_bytes(key, &handshake::switching_protocols(&accept));
+                    let mut answer = handshake::switching_protocols(&accept);
+                    if let Some(protocol) = S::subprotocol(&opening) {
+                        answer = handshake::with_subprotocol(answer, protocol);
+                    }
+                    self.core.send_bytes(key, &answer);
                     self.open(key, peer, opening);
                     len
                 }

@@ -79,6 +79,12 @@ pub trait Service {
     /// What one of the service's deadlines is for.
     type Timer: Copy + fmt::Debug;
 
+    /// The `Sec-WebSocket-Protocol` the 101 for `opening` names (RFC 6455 §4.2.2: one the client
+    /// offered), if any.
+    fn subprotocol(_opening: &Self::Opening) -> Option<&str> {
+        None
+    }
+
     /// A complete request head arrived from `peer`.
     fn handle_request(
         &mut self,
