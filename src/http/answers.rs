@@ -56,7 +56,7 @@ fn cors(allowed: &[String], origin: Option<&str>) -> String {
 
 /// The answer to a plain (non-upgrade) request for `route`, keep-alive as the request allows.
 pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> {
-    if req.method == Method::Other && *route != Route::NotFound {
+    if matches!(req.method, Method::Other | Method::Post) && *route != Route::NotFound {
         return super::error_response(405, "Allow: GET, HEAD\r\n");
     }
     let keep_alive = req.keep_alive && !req.has_body;

@@ -85,6 +85,15 @@ pub trait Service {
         None
     }
 
+    /// How many body bytes the reactor should read for this request head (at most
+    /// [`MAX_BODY`](crate::protocol::handshake::MAX_BODY)); 0, the default, reads none: a request
+    /// announcing a body is then answered and closed. When the request's `Content-Length` is within
+    /// the limit, [`Service::handle_request`] is called once the whole body is in, with it in
+    /// `Request::body`.
+    fn body_limit(&self, _req: &Request<'_>) -> usize {
+        0
+    }
+
     /// A complete request head arrived from `peer`.
     fn handle_request(
         &mut self,

@@ -84,6 +84,9 @@ pub struct Session {
 /// 4000–4999 range RFC 6455 §7.4.2 leaves to applications; the reason says "token expired".
 pub const TOKEN_EXPIRED: CloseCode = CloseCode::Other(4001);
 
+/// Close code for a connection closed through the server API's `disconnect` (docs/protocol.md).
+pub const DISCONNECTED: CloseCode = CloseCode::Other(4002);
+
 /// The longest a token deadline is armed ahead; a later `exp` is re-armed when this one fires.
 const TOKEN_TIMER_MAX_MICROS: u64 = 24 * 3600 * 1_000_000;
 
@@ -124,6 +127,8 @@ pub struct Server {
     sessions: HashMap<MemberId, Session>,
     /// `--metrics-token-file`: the bearer token /metrics requires.
     metrics_token: Option<Secret>,
+    /// `--api-key-file`: the key of the server API; without it `/api/` answers 404.
+    api_key: Option<Secret>,
 }
 
 /// A bound daemon, ready to serve.
@@ -171,6 +176,7 @@ impl Daemon {
                 auth: cfg.auth,
                 sessions: HashMap::new(),
                 metrics_token: cfg.metrics_token,
+                api_key: cfg.api_key,
             },
         })
     }
@@ -195,6 +201,21 @@ impl Service for Server {
         admitted.protocol.as_deref()
     }
 
+    /// Bodies are read for the server API only, and only once its key matched: nobody else can make
+    /// the daemon hold 64 KiB for them.
+    fn body_limit(&self, req: &crate::protocol::handshake::Request<'_>) -> usize {
+        match &self.api_key {
+            Some(key)
+                if req.method == crate::protocol::handshake::Method::Post
+                    && req.path().starts_with("/api/")
+                    && auth::bearer_matches(req, &key.0) =>
+            {
+                crate::protocol::handshake::MAX_BODY
+            }
+            _ => 0,
+        }
+    }
+
     fn handle_request(
         &mut self,
         io: &mut Io<'_, Self>,
@@ -203,6 +224,9 @@ impl Service for Server {
         req: &crate::protocol::handshake::Request<'_>,
     ) -> Answer<Admitted> {
         let route = http::route(req.path(), req.query(), self.echo);
+        if let Route::Api { room, call } = route {
+            return self.handle_api(io, conn, req, room, call);
+        }
         if route == Route::Metrics {
             if let Some(key) = &self.metrics_token {
                 if !auth::bearer_matches(req, &key.0) {
@@ -261,7 +285,10 @@ impl Service for Server {
             allowed_origins: &self.allowed_origins,
         };
         let bytes = http::answer(&route, req, &view);
-        let keep = if req.method == crate::protocol::handshake::Method::Other {
+        let keep = if matches!(
+            req.method,
+            crate::protocol::handshake::Method::Other | crate::protocol::handshake::Method::Post
+        ) {
             KeepAlive::No
         } else {
             KeepAlive::Yes
@@ -639,6 +666,127 @@ impl Server {
             exp: grant.exp,
         });
         Ok((session, protocol))
+    }
+
+    /// The server API (`--api-key-file`): `Authorization: Bearer KEY`, compared in constant time.
+    fn handle_api(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        req: &crate::protocol::handshake::Request<'_>,
+        raw_room: &str,
+        call: http::ApiCall,
+    ) -> Answer<Admitted> {
+        use crate::protocol::handshake::Method;
+        let Some(key) = &self.api_key else {
+            return Answer::Respond(http::error_response(404, ""), KeepAlive::No);
+        };
+        if !auth::bearer_matches(req, &key.0) {
+            return self.refuse(io, conn, 401, "API key missing or wrong");
+        }
+        let keep = if req.keep_alive && !req.has_body {
+            KeepAlive::Yes
+        } else {
+            KeepAlive::No
+        };
+        let json = |status: u16, body: &str| {
+            let resp = http::Response {
+                status,
+                content_type: "application/json",
+                body: body.as_bytes(),
+                extra: "",
+            };
+            Answer::Respond(
+                http::write_response(&resp, keep == KeepAlive::Yes, req.method == Method::Head),
+                keep,
+            )
+        };
+        let bad = |why: &str| {
+            let body = serde_json::json!({"error": "bad_request", "message": why}).to_string();
+            json(400, &body)
+        };
+        let room = chat::sanitize_name(&http::percent_decode(raw_room), chat::DEFAULT_ROOM);
+        match (call, req.method) {
+            (http::ApiCall::Messages, Method::Get | Method::Head) => {
+                let query = req.query();
+                let param = |name| query.and_then(|q| http::query_param(q, name));
+                let body = self.chat.room_messages_json(
+                    &http::percent_decode(raw_room),
+                    param("since").and_then(|v| v.parse().ok()),
+                    param("limit").and_then(|v| v.parse().ok()),
+                    io.wall(),
+                );
+                json(200, &body)
+            }
+            (http::ApiCall::Presence, Method::Get | Method::Head) => {
+                let body =
+                    serde_json::json!({"room_id": room, "users": self.chat.room_users(&room)});
+                json(200, &body.to_string())
+            }
+            (http::ApiCall::Messages | http::ApiCall::Disconnect, Method::Post) => {
+                if req.has_body {
+                    return Answer::Respond(http::error_response(413, ""), KeepAlive::No);
+                }
+                let Ok(serde_json::Value::Object(body)) =
+                    serde_json::from_slice::<serde_json::Value>(req.body)
+                else {
+                    return bad("the body must be a JSON object");
+                };
+                let Some(client) = body.get("client_id").and_then(|v| v.as_str()) else {
+                    return bad("client_id must be a string");
+                };
+                let client = chat::sanitize_name(client, "");
+                if client.is_empty() {
+                    return bad("client_id is empty");
+                }
+                if call == http::ApiCall::Disconnect {
+                    let n = self.disconnect(io, &room, &client);
+                    return json(200, &serde_json::json!({"disconnected": n}).to_string());
+                }
+                let Some(content) = body.get("content").and_then(|v| v.as_str()) else {
+                    return bad("content must be a string");
+                };
+                if self.cluster.is_some() {
+                    // The bridge posts for members only so far (see docs/operations.md).
+                    return Answer::Respond(http::error_response(501, ""), KeepAlive::No);
+                }
+                let Some((key, post)) = self.chat.publish(&room, &client, content, io.wall())
+                else {
+                    return bad("content is empty");
+                };
+                let Post::Broadcast { event, arm_expiry } = post else {
+                    unreachable!("bug: publish stores or refuses")
+                };
+                self.broadcast_room_message(io, key, &event);
+                if let Some(due) = arm_expiry {
+                    io.arm_at(Timer::Room(key), due);
+                }
+                json(200, event.text())
+            }
+            _ => Answer::Respond(
+                http::error_response(405, "Allow: GET, HEAD, POST\r\n"),
+                KeepAlive::No,
+            ),
+        }
+    }
+
+    /// Closes every local connection named `client` in room `room` with 4002; returns how many.
+    fn disconnect(&mut self, io: &mut Io<'_, Self>, room: &str, client: &str) -> usize {
+        let Some(key) = self.chat.room_key(room) else {
+            return 0;
+        };
+        let named: Vec<MemberId> = self
+            .chat
+            .room_members(key)
+            .iter()
+            .copied()
+            .filter(|&m| self.chat.member_name(key, m) == Some(client))
+            .collect();
+        for &m in &named {
+            debug!("API disconnects {}", conn_of(m).index());
+            io.close(conn_of(m), DISCONNECTED, "disconnected by the server");
+        }
+        named.len()
     }
 
     /// Answers a request refused for its credentials, counted and logged at debug (never the token).
