@@ -22,6 +22,8 @@ pub struct View<'a> {
     pub wall: u64,
     /// `--allowed-origin` values (empty: any origin).
     pub allowed_origins: &'a [String],
+    /// `--auth token` is on (said in /healthz for the page).
+    pub auth_token: bool,
 }
 
 /// Whether an upgrade (or a CORS request) from `origin` is allowed; `Err(403)` when not.
@@ -133,6 +135,10 @@ fn health_json(view: &View<'_>) -> String {
     });
     if let Some(up) = view.redis_up {
         v["redis"] = if up { "up" } else { "down" }.into();
+    }
+    // Only under --auth token, so the page can say a token is needed.
+    if view.auth_token {
+        v["auth"] = "token".into();
     }
     v.to_string()
 }

@@ -283,6 +283,7 @@ impl Service for Server {
             redis_up: self.cluster.as_ref().map(|c| c.up),
             wall: io.wall(),
             allowed_origins: &self.allowed_origins,
+            auth_token: self.auth.is_some(),
         };
         let bytes = http::answer(&route, req, &view);
         let keep = if matches!(
