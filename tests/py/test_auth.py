@@ -139,9 +139,11 @@ def test_the_token_travels_in_a_header_or_a_subprotocol(hs_wisp):
         assert ws.subprotocol == token
 
 
-def test_page_and_health_stay_open(hs_wisp):
+def test_page_and_health_stay_open(hs_wisp, start_wisp):
     assert http_request(hs_wisp, "GET", "/")[0] == 200
-    assert http_request(hs_wisp, "GET", "/healthz")[0] == 200
+    status, _, body = http_request(hs_wisp, "GET", "/healthz")
+    assert status == 200 and json.loads(body)["auth"] == "token"
+    assert "auth" not in json.loads(http_request(start_wisp(), "GET", "/healthz")[2])
 
 
 def test_history_views_need_a_grant(hs_wisp):
