@@ -68,9 +68,11 @@ pub struct TokenArgs {
 /// `--auth`: who may use the WebSocket paths and the history views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
-    /// Anyone, under any name (no tokens).
+    // Plain comments, not doc comments: documented values would switch `--help` to its long
+    // layout (a default on its own line), which scripts and tests read.
+    // Anyone, under any name (no tokens).
     Open,
-    /// Only with a valid connection token; names come from tokens.
+    // Only with a valid connection token; names come from tokens.
     Token,
 }
 
