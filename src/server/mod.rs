@@ -747,28 +747,48 @@ impl Server {
                 let Some(content) = body.get("content").and_then(|v| v.as_str()) else {
                     return bad("content must be a string");
                 };
-                if self.cluster.is_some() {
-                    // The bridge posts for members only so far (see docs/operations.md).
-                    return Answer::Respond(http::error_response(501, ""), KeepAlive::No);
-                }
-                let Some((key, post)) = self.chat.publish(&room, &client, content, io.wall())
-                else {
+                if content.trim().is_empty() {
                     return bad("content is empty");
-                };
-                let Post::Broadcast { event, arm_expiry } = post else {
-                    unreachable!("bug: publish stores or refuses")
-                };
-                self.broadcast_room_message(io, key, &event);
-                if let Some(due) = arm_expiry {
-                    io.arm_at(Timer::Room(key), due);
                 }
-                json(200, event.text())
+                if self.cluster.as_ref().is_some_and(|c| c.up) {
+                    // The id comes from Redis, after this answer: the message reaches every
+                    // node's members (here too) from the feed, like a member's.
+                    self.bridge_send(cluster::Request::Publish {
+                        room,
+                        name: client,
+                        content: content.trim().to_owned(),
+                    });
+                    return json(202, r#"{"status":"accepted"}"#);
+                }
+                match self.publish_locally(io, &room, &client, content) {
+                    Some(event) => json(200, &event),
+                    None => bad("content is empty"),
+                }
             }
             _ => Answer::Respond(
                 http::error_response(405, "Allow: GET, HEAD, POST\r\n"),
                 KeepAlive::No,
             ),
         }
+    }
+
+    /// Stores and delivers a server API message on this daemon alone; returns its event.
+    fn publish_locally(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        room: &str,
+        name: &str,
+        content: &str,
+    ) -> Option<String> {
+        let (key, post) = self.chat.publish(room, name, content, io.wall())?;
+        let Post::Broadcast { event, arm_expiry } = post else {
+            unreachable!("bug: publish stores or refuses")
+        };
+        self.broadcast_room_message(io, key, &event);
+        if let Some(due) = arm_expiry {
+            io.arm_at(Timer::Room(key), due);
+        }
+        Some(event.text().to_owned())
     }
 
     /// Closes every local connection named `client` in room `room` with 4002; returns how many.
