@@ -140,3 +140,17 @@ def test_keep_alive_after_an_api_call(api_wisp, room):
             answer += chunk
     assert answer.count(b"HTTP/1.1 200 OK") == 2, answer[:400]
     assert http_request(api_wisp, "GET", "/healthz")[0] == 200
+
+
+def test_a_body_that_never_completes_is_cut_at_the_handshake_deadline(start_wisp, tmp_path, room):
+    p = tmp_path / "api-key"
+    p.write_text(KEY)
+    w = start_wisp("--api-key-file", p, "--handshake-timeout", "1")
+    head = ("POST /api/rooms/%s/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            "Content-Length: 100\r\n\r\n" % (room, KEY)).encode()
+    with socket.create_connection((w.host, w.port), timeout=5) as s:
+        s.sendall(head + b'{"client_id":')
+        started = time.monotonic()
+        assert s.recv(1024) == b"", "expected a close without an answer"
+        assert time.monotonic() - started < 3
+    assert api(w, "GET", "/api/rooms/%s/messages" % room)[1]["messages"] == []
