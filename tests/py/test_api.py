@@ -154,3 +154,14 @@ def test_a_body_that_never_completes_is_cut_at_the_handshake_deadline(start_wisp
         assert s.recv(1024) == b"", "expected a close without an answer"
         assert time.monotonic() - started < 3
     assert api(w, "GET", "/api/rooms/%s/messages" % room)[1]["messages"] == []
+
+
+def test_without_the_key_a_body_is_not_waited_for(api_wisp, room):
+    head = ("POST /api/rooms/%s/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+            "Content-Length: 60000\r\n\r\n" % room).encode()
+    with socket.create_connection((api_wisp.host, api_wisp.port), timeout=5) as s:
+        s.sendall(head)
+        started = time.monotonic()
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert time.monotonic() - started < 1
