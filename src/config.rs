@@ -4,6 +4,8 @@
 //! Nothing here touches a socket: `main` binds, the reactor serves.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +40,40 @@ pub enum Command {
         /// `ws://HOST:PORT/PATH`
         url: String,
     },
+    /// Mints an HS256 connection token and prints it (for testing and operations), e.g.
+    /// `wisp token --secret-file secret --sub alice --rooms 'lobby,team-*' --ttl 3600`.
+    Token(TokenArgs),
+}
+
+/// `wisp token`'s options.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The HMAC secret the daemon verifies with (its --token-secret-file).
+    #[arg(long, env = "WISP_TOKEN_SECRET_FILE", value_name = "PATH")]
+    pub secret_file: PathBuf,
+    /// The name the token grants (`sub`).
+    #[arg(long, value_name = "NAME")]
+    pub sub: String,
+    /// Rooms granted: names and `prefix*` patterns, comma-separated (`*`: every room).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub rooms: Vec<String>,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub ttl: u64,
+    /// Also grant the HTTP history views (`history: true`).
+    #[arg(long)]
+    pub history: bool,
+}
+
+/// `--auth`: who may use the WebSocket paths and the history views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    // Plain comments, not doc comments: documented values would switch `--help` to its long
+    // layout (a default on its own line), which scripts and tests read.
+    // Anyone, under any name (no tokens).
+    Open,
+    // Only with a valid connection token; names come from tokens.
+    Token,
 }
 
 /// The daemon's options (SPEC §2). Each also reads `WISP_<NAME>`.
@@ -117,6 +153,49 @@ pub struct ServeArgs {
     /// Join a cluster through Redis (`redis://HOST:PORT`).
     #[arg(long, env = "WISP_REDIS", value_name = "URL")]
     pub redis: Option<String>,
+    /// `open`: anyone joins any room under any name; `token`: every WebSocket path and history view
+    /// needs a valid connection token (the page and /healthz stay open). Default open: today's
+    /// behaviour, for a demo or a trusted network.
+    #[arg(long, env = "WISP_AUTH", default_value = "open", value_name = "MODE")]
+    pub auth: AuthMode,
+    /// The token signature algorithm: HS256, RS256, ES256 or EdDSA. Pinned here, never read from a
+    /// token.
+    #[arg(
+        long,
+        env = "WISP_TOKEN_ALG",
+        default_value = "HS256",
+        value_name = "ALG"
+    )]
+    pub token_alg: String,
+    /// File holding the HS256 secret (at least 32 bytes; trailing whitespace ignored). Repeatable:
+    /// any of them verifies (key rotation).
+    #[arg(
+        long = "token-secret-file",
+        env = "WISP_TOKEN_SECRET_FILE",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub token_secret_files: Vec<PathBuf>,
+    /// PEM public key for RS256, ES256 or EdDSA. Repeatable: any of them verifies (key rotation).
+    #[arg(
+        long = "token-public-key",
+        env = "WISP_TOKEN_PUBLIC_KEY",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub token_public_keys: Vec<PathBuf>,
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "WISP_TOKEN_ISSUER", value_name = "ISS")]
+    pub token_issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "WISP_TOKEN_AUDIENCE", value_name = "AUD")]
+    pub token_audience: Option<String>,
+    /// File holding a bearer token that /metrics then requires. Default: /metrics is open.
+    #[arg(long, env = "WISP_METRICS_TOKEN_FILE", value_name = "PATH")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// File holding the server API key (`Authorization: Bearer`); without it /api/ answers 404.
+    #[arg(long, env = "WISP_API_KEY_FILE", value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "WISP_LOG", default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
     pub log: log::LevelFilter,
@@ -183,6 +262,12 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub echo: bool,
     pub redis: Option<String>,
+    /// `Some` under `--auth token`.
+    pub auth: Option<Arc<crate::server::auth::Verifier>>,
+    /// `--metrics-token-file`'s contents.
+    pub metrics_token: Option<Secret>,
+    /// `--api-key-file`'s contents.
+    pub api_key: Option<Secret>,
     pub log: log::LevelFilter,
     /// Lines to log at `warn` once logging is up (a value adjusted to what the machine allows).
     pub warnings: Vec<String>,
@@ -207,6 +292,41 @@ impl ServeArgs {
         if let Some(url) = &self.redis {
             redis::Client::open(url.as_str()).map_err(|e| format!("--redis {url}: {e}"))?;
         }
+        let auth = match self.auth {
+            AuthMode::Open => None,
+            AuthMode::Token => {
+                let secrets = self
+                    .token_secret_files
+                    .iter()
+                    .map(|p| read_secret("--token-secret-file", p).map(|s| s.0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let pems = self
+                    .token_public_keys
+                    .iter()
+                    .map(|p| {
+                        std::fs::read(p)
+                            .map_err(|e| format!("--token-public-key {}: {e}", p.display()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(Arc::new(crate::server::auth::Verifier::new(
+                    &self.token_alg,
+                    &secrets,
+                    &pems,
+                    self.token_issuer.as_deref(),
+                    self.token_audience.as_deref(),
+                )?))
+            }
+        };
+        let metrics_token = self
+            .metrics_token_file
+            .as_deref()
+            .map(|p| read_secret("--metrics-token-file", p))
+            .transpose()?;
+        let api_key = self
+            .api_key_file
+            .as_deref()
+            .map(|p| read_secret("--api-key-file", p))
+            .transpose()?;
         let fd_limit = raise_fd_limit();
         let fd_allows = fd_limit.saturating_sub(RESERVED_FDS).max(1);
         let mut warnings = Vec::new();
@@ -253,10 +373,36 @@ impl ServeArgs {
                 .collect(),
             echo: !self.no_echo,
             redis: self.redis,
+            auth,
+            metrics_token,
+            api_key,
             log: self.log,
             warnings,
         })
     }
+}
+
+/// Key material read from a file; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// Reads a secret file for `option`: trailing whitespace (the newline editors add) is not part of
+/// it; an empty one is refused.
+pub fn read_secret(option: &str, path: &std::path::Path) -> Result<Secret, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("{option} {}: {e}", path.display()))?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!("{option} {}: the file is empty", path.display()));
+    }
+    Ok(Secret(bytes))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit in force.

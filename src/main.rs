@@ -32,6 +32,20 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Token(t)) = cli.command {
+        let minted = wisp::config::read_secret("--secret-file", &t.secret_file)
+            .and_then(|s| wisp::server::auth::mint(&s.0, &t.sub, &t.rooms, t.history, t.ttl));
+        return match minted {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cfg = match cli.serve.into_config() {
         Ok(cfg) => cfg,
         Err(e) => {

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub reads_paused: u64,
     /// Pings answered by a later ping's pong (RFC 6455 §5.5.3).
     pub pongs_coalesced: u64,
+    /// Requests and refreshes refused for their credentials (401, 403, 409, `bad_token`).
+    pub auth_refused: u64,
+    /// Connections closed because their token expired without a refresh.
+    pub auth_expired: u64,
 }
 
 /// The transport's gauges, read from the reactor at render time.
@@ -165,6 +169,18 @@ impl Metrics {
             "counter",
             "Chat messages dropped by the rate limit.",
             (g.rate_limited + self.rate_limited).to_string(),
+        );
+        metric(
+            "wisp_auth_refused_total",
+            "counter",
+            "Requests and token refreshes refused for their credentials.",
+            self.auth_refused.to_string(),
+        );
+        metric(
+            "wisp_auth_expired_total",
+            "counter",
+            "Connections closed with 4001 because their token expired.",
+            self.auth_expired.to_string(),
         );
         metric(
             "wisp_slow_consumers_total",

@@ -454,3 +454,45 @@ fn nodes_serve_locally_while_redis_is_down_and_rejoin_when_it_returns() {
         assert_eq!((downs, ups), (1, 2), "{log:#?}");
     }
 }
+
+#[test]
+fn a_server_api_message_reaches_every_node_with_a_shared_id() {
+    let Some(redis) = Redis::start("a_server_api_message_reaches_every_node_with_a_shared_id")
+    else {
+        return;
+    };
+    let key_file = std::env::temp_dir().join(format!("wisp-api-key-{}", std::process::id()));
+    std::fs::write(&key_file, "cluster-api-key\n").unwrap();
+    let key_path = key_file.to_str().unwrap().to_owned();
+    let ns = nodes(&redis, 2, &["--api-key-file", &key_path]);
+    let (mut a, _) = Client::join(&ns[0], "apiroom", "alice", "");
+    let (mut b, _) = Client::join(&ns[1], "apiroom", "bob", "");
+    a.send("before");
+    let first = a.next_of("message");
+    assert_eq!(b.next_of("message")["id"], first["id"]);
+
+    let body = r#"{"client_id":"backend","content":"from the API"}"#;
+    let mut conn = common::HttpConn::connect(ns[1].addr);
+    conn.send(
+        format!(
+            "POST /api/rooms/apiroom/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer cluster-api-key\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let r = conn.read_response();
+    assert_eq!(r.status, 202, "{}", r.head);
+
+    let on_a = a.next_of("message");
+    let on_b = b.next_of("message");
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a["client_id"], "backend");
+    assert_eq!(on_a["content"], "from the API");
+    assert!(on_a["id"].as_u64() > first["id"].as_u64(), "{on_a}");
+    let history = get_json(&ns[0], "/rooms/apiroom/messages");
+    assert_eq!(
+        ids(history["messages"].as_array().unwrap()),
+        ids(&[first, on_a])
+    );
+    let _ = std::fs::remove_file(&key_file);
+}

@@ -76,6 +76,7 @@ use views::page;
 pub use events::{EventFrame, Presence};
 pub use names::clean_name;
 pub(crate) use names::percent_decode;
+pub(crate) use names::{sanitize_name, DEFAULT_ROOM};
 pub use replica::{
     clean_client, clean_room, ClusterImage, ClusterMessage, Delivery, ImageApplied, Origin,
     RoomImage,
@@ -622,6 +623,52 @@ impl Chat {
     pub fn member_name(&self, key: RoomKey, m: MemberId) -> Option<&str> {
         let room = self.rooms.get(key)?;
         room.presence.name_of(m)
+    }
+
+    /// Stores a message from `sender` (a name, not a member: the server API) in room `room` (already
+    /// cleaned; opened if needed), exactly as [`Chat::post_content`] stores a member's: next id,
+    /// history, expiry. Content is trimmed; empty content is `None`.
+    pub fn publish(
+        &mut self,
+        room: &str,
+        sender: &str,
+        content: &str,
+        now: Micros,
+    ) -> Option<(RoomKey, Post)> {
+        let content = content.trim();
+        if content.is_empty() {
+            return None;
+        }
+        let (key, room) = self.rooms.open(room);
+        let id = room.history.next_id();
+        let at = room.history.timeline.stamp(now);
+        let event = events::message(&mut self.frames, id, &room.name, sender, content, at);
+        let pushed = room
+            .history
+            .keep(at, id, &event, self.cfg.history_max, &mut self.frames);
+        let arm_expiry = self.account_push(Source::Room(key), &pushed, now);
+        Some((key, Post::Broadcast { event, arm_expiry }))
+    }
+
+    /// The key of room `room` (already cleaned), if it exists.
+    pub fn room_key(&self, room: &str) -> Option<RoomKey> {
+        self.rooms.key_of(room)
+    }
+
+    /// Everyone in room `room` (already cleaned): local members in join order, then, in a cluster,
+    /// members on other daemons.
+    pub fn room_users(&self, room: &str) -> Vec<String> {
+        self.rooms
+            .find(room)
+            .map_or_else(Vec::new, |r| r.users().map(str::to_owned).collect())
+    }
+
+    /// Whether `name` (already cleaned) is someone's name in room `room` (already cleaned), here or,
+    /// in a cluster, as far as this daemon's replica knows.
+    pub fn name_in_use(&self, room: &str, name: &str) -> bool {
+        self.rooms
+            .find(room)
+            .is_some_and(|r| r.users().any(|u| u == name))
     }
 
     /// The room's name (`room_id`), for logs; `None` for a stale key.

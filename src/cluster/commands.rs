@@ -112,13 +112,15 @@ impl Commands {
                     self.bye();
                     return;
                 }
-                Request::Post { .. } | Request::GlobalPost { .. } => {
+                Request::Post { .. } | Request::GlobalPost { .. } | Request::Publish { .. } => {
                     let mut batch = vec![req];
                     while batch.len() < BATCH {
                         match rx.try_recv() {
-                            Ok(r @ (Request::Post { .. } | Request::GlobalPost { .. })) => {
-                                batch.push(r)
-                            }
+                            Ok(
+                                r @ (Request::Post { .. }
+                                | Request::GlobalPost { .. }
+                                | Request::Publish { .. }),
+                            ) => batch.push(r),
                             Ok(other) => {
                                 self.stash = Some(other);
                                 break;
@@ -273,7 +275,9 @@ impl Commands {
                 }
                 self.shared.checks.fetch_add(1, Ordering::AcqRel);
             }
-            Request::Post { .. } | Request::GlobalPost { .. } => self.posts(vec![req]),
+            Request::Post { .. } | Request::GlobalPost { .. } | Request::Publish { .. } => {
+                self.posts(vec![req])
+            }
             Request::Shutdown => {}
         }
     }
@@ -294,6 +298,20 @@ impl Commands {
                         self.fail(req);
                         continue;
                     };
+                    let fresh = self.seed.epoch();
+                    pipe.add_command(s.post.cmd())
+                        .arg(room)
+                        .arg(name)
+                        .arg(content)
+                        .arg(ttl_us)
+                        .arg(max)
+                        .arg(fresh);
+                }
+                Request::Publish {
+                    room,
+                    name,
+                    content,
+                } => {
                     let fresh = self.seed.epoch();
                     pipe.add_command(s.post.cmd())
                         .arg(room)
@@ -345,6 +363,15 @@ impl Commands {
         match req {
             Request::Post { conn, content } => self.out.send(Notice::PostFailed { conn, content }),
             Request::GlobalPost { text } => self.out.send(Notice::GlobalFailed { text }),
+            Request::Publish {
+                room,
+                name,
+                content,
+            } => self.out.send(Notice::PublishFailed {
+                room,
+                name,
+                content,
+            }),
             _ => {}
         }
     }

@@ -81,6 +81,13 @@ pub(crate) enum Request {
     Post { conn: u64, content: String },
     /// A global-channel message; [`Notice::GlobalFailed`] if it could not be published.
     GlobalPost { text: String },
+    /// A message from the server API, sent as `name` (not a member) to `room` (cleaned);
+    /// [`Notice::PublishFailed`] if it could not be published.
+    Publish {
+        room: String,
+        name: String,
+        content: String,
+    },
     /// Redis is back: these are all our room members (conn, room, name); register them and forget
     /// any other member of this node. Answered by [`Notice::Epoch`] per room.
     Sync {
@@ -140,6 +147,12 @@ pub(crate) enum Notice {
     PostFailed { conn: u64, content: String },
     /// A global post that could not be published: deliver it locally.
     GlobalFailed { text: String },
+    /// A server API message that could not be published: deliver it locally.
+    PublishFailed {
+        room: String,
+        name: String,
+        content: String,
+    },
     /// The room's epoch in the cluster (after [`Request::Sync`]).
     Epoch { room: String, epoch: String },
 }

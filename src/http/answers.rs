@@ -22,6 +22,8 @@ pub struct View<'a> {
     pub wall: u64,
     /// `--allowed-origin` values (empty: any origin).
     pub allowed_origins: &'a [String],
+    /// `--auth token` is on (said in /healthz for the page).
+    pub auth_token: bool,
 }
 
 /// Whether an upgrade (or a CORS request) from `origin` is allowed; `Err(403)` when not.
@@ -56,7 +58,7 @@ fn cors(allowed: &[String], origin: Option<&str>) -> String {
 
 /// The answer to a plain (non-upgrade) request for `route`, keep-alive as the request allows.
 pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> {
-    if req.method == Method::Other && *route != Route::NotFound {
+    if matches!(req.method, Method::Other | Method::Post) && *route != Route::NotFound {
         return super::error_response(405, "Allow: GET, HEAD\r\n");
     }
     let keep_alive = req.keep_alive && !req.has_body;
@@ -133,6 +135,10 @@ fn health_json(view: &View<'_>) -> String {
     });
     if let Some(up) = view.redis_up {
         v["redis"] = if up { "up" } else { "down" }.into();
+    }
+    // Only under --auth token, so the page can say a token is needed.
+    if view.auth_token {
+        v["auth"] = "token".into();
     }
     v.to_string()
 }

@@ -41,6 +41,11 @@ pub enum Route<'a> {
     },
     Echo,
     Global,
+    /// `/api/rooms/{room}/{call}` (the server API); `room` is the raw segment.
+    Api {
+        room: &'a str,
+        call: ApiCall,
+    },
     /// `/ws/{room}/{client}`; both raw segments.
     Room {
         room: &'a str,
@@ -56,6 +61,17 @@ impl Route<'_> {
     pub fn is_websocket(&self) -> bool {
         matches!(self, Route::Echo | Route::Global | Route::Room { .. })
     }
+}
+
+/// A server API call on a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiCall {
+    /// `messages`: GET reads the history, POST publishes.
+    Messages,
+    /// `presence`: GET lists who is in the room.
+    Presence,
+    /// `disconnect`: POST closes a member's connections.
+    Disconnect,
 }
 
 /// Maps a path and query to a route. `echo` is false under `--no-echo`.
@@ -83,6 +99,15 @@ pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a>
             since: since(),
             limit: limit(),
         },
+        (Some("api"), Some("rooms"), Some(room), Some(call)) if segs.next().is_none() => {
+            let call = match call {
+                "messages" => ApiCall::Messages,
+                "presence" => ApiCall::Presence,
+                "disconnect" => ApiCall::Disconnect,
+                _ => return Route::NotFound,
+            };
+            Route::Api { room, call }
+        }
         (Some("echo"), None, _, _) if echo => Route::Echo,
         (Some("ws"), None, _, _) => Route::Global,
         (Some("ws"), Some(room), Some(client), None) => Route::Room {
@@ -157,10 +182,14 @@ pub fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        501 => "Not Implemented",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -215,6 +244,18 @@ mod tests {
             Route::Messages { limit: None }
         );
         assert_eq!(route("/rooms/x", None, true), Route::NotFound);
+        assert_eq!(
+            route("/api/rooms/x/presence", None, true),
+            Route::Api {
+                room: "x",
+                call: ApiCall::Presence
+            }
+        );
+        assert_eq!(route("/api/rooms/x/other", None, true), Route::NotFound);
+        assert_eq!(
+            route("/api/rooms/x/messages/y", None, true),
+            Route::NotFound
+        );
         assert_eq!(route("/nope", None, true), Route::NotFound);
         assert_eq!(route("/healthz/", None, true), Route::NotFound);
     }

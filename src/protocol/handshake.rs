@@ -12,6 +12,9 @@ use super::frame::Decoded;
 /// Largest request head we buffer (SPEC §3: over 8 KiB is answered 431).
 pub const MAX_HEAD: usize = 8 * 1024;
 
+/// Largest request body a service may ask the reactor to read (see `Service::body_limit`).
+pub const MAX_BODY: usize = 64 * 1024;
+
 /// Most header lines in one request; more is answered 431 as well.
 const MAX_HEADERS: usize = 48;
 
@@ -23,6 +26,8 @@ const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub enum Method {
     Get,
     Head,
+    /// Answered 405 except where a route takes it (the server API).
+    Post,
     /// Any other method: answered 405.
     Other,
 }
@@ -37,8 +42,13 @@ pub struct Request<'b> {
     /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `keep-alive`).
     pub keep_alive: bool,
     /// A body follows the head (Content-Length > 0 or chunked): we read no
-    /// bodies, so such a connection is answered and closed.
+    /// bodies, so such a connection is answered and closed, unless the service asked for a
+    /// bounded body (then it is in `body` and this is false).
     pub has_body: bool,
+    /// `Content-Length`, when present and a number.
+    pub content_length: Option<usize>,
+    /// The body, when the reactor read one for the service; empty otherwise.
+    pub body: &'b [u8],
     /// HTTP/1.1 (or later): RFC 6455 §4.1 asks an upgrade for at least that.
     pub http11: bool,
     pub origin: Option<&'b str>,
@@ -48,6 +58,10 @@ pub struct Request<'b> {
     pub connection_upgrade: bool,
     pub key: Option<&'b [u8]>,
     pub version: Option<&'b [u8]>,
+    /// The value of `Authorization` (a connection token or an API key; never logged).
+    pub authorization: Option<&'b str>,
+    /// The value of `Sec-WebSocket-Protocol`, if present (§4.2.1 (8)).
+    pub protocols: Option<&'b str>,
 }
 
 impl Request<'_> {
@@ -127,6 +141,7 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
     let method = match req.method {
         Some("GET") => Method::Get,
         Some("HEAD") => Method::Head,
+        Some("POST") => Method::Post,
         _ => Method::Other,
     };
     let target = req.path.ok_or(HandshakeError::Malformed)?;
@@ -139,13 +154,18 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
         target,
         keep_alive: http11,
         has_body: false,
+        content_length: None,
+        body: &[],
         http11,
         origin: None,
         upgrade: None,
         connection_upgrade: false,
         key: None,
         version: None,
+        authorization: None,
+        protocols: None,
     };
+    let mut chunked = false;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -164,13 +184,25 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
             out.key = Some(trim(h.value));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.version = Some(trim(h.value));
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = std::str::from_utf8(trim(h.value)).ok();
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            out.protocols = std::str::from_utf8(trim(h.value)).ok();
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = std::str::from_utf8(trim(h.value)).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
             out.has_body |= trim(h.value) != b"0";
+            out.content_length = std::str::from_utf8(trim(h.value))
+                .ok()
+                .and_then(|v| v.parse().ok());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             out.has_body = true;
+            chunked = true;
         }
+    }
+    if chunked {
+        // Both framings at once (a smuggling attempt, RFC 9112 §6.3): no body is read by length.
+        out.content_length = None;
     }
     Ok(Decoded::Done((out, len)))
 }
@@ -253,6 +285,16 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
+/// Adds `Sec-WebSocket-Protocol: protocol` (§4.2.2 step 5.5: one of the values the client offered)
+/// to a complete 101 answer, before its blank line.
+pub fn with_subprotocol(mut answer: Vec<u8>, protocol: &str) -> Vec<u8> {
+    debug_assert!(answer.ends_with(b"\r\n\r\n"), "bug: not a complete head");
+    let at = answer.len() - 2;
+    let line = format!("Sec-WebSocket-Protocol: {protocol}\r\n");
+    answer.splice(at..at, line.into_bytes());
+    answer
+}
+
 /// The `101 Switching Protocols` answer.
 pub fn switching_protocols(accept: &[u8; 28]) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
@@ -271,6 +313,46 @@ fn trim(v: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subprotocol_line_goes_before_the_blank_line() {
+        let out = with_subprotocol(switching_protocols(&[b'a'; 28]), "wisp");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("\r\nSec-WebSocket-Protocol: wisp\r\n\r\n"),
+            "{text}"
+        );
+        assert!(text.starts_with("HTTP/1.1 101 "));
+    }
+
+    #[test]
+    fn content_length_is_kept_unless_chunked_too() {
+        let req = b"POST /api/x HTTP/1.1\r\nContent-Length: 12\r\n\r\n";
+        let Ok(Decoded::Done((r, _))) = parse(req) else {
+            panic!("bug: should parse")
+        };
+        assert_eq!(
+            (r.method, r.content_length, r.has_body),
+            (Method::Post, Some(12), true)
+        );
+        assert!(r.body.is_empty());
+        let smuggled =
+            b"POST /api/x HTTP/1.1\r\nContent-Length: 12\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let Ok(Decoded::Done((r, _))) = parse(smuggled) else {
+            panic!("bug: should parse")
+        };
+        assert_eq!((r.content_length, r.has_body), (None, true));
+    }
+
+    #[test]
+    fn authorization_and_protocols_are_kept() {
+        let req = b"GET /ws HTTP/1.1\r\nAuthorization: Bearer t.k.n\r\nSec-WebSocket-Protocol: wisp, a.b.c\r\n\r\n";
+        let Ok(Decoded::Done((r, _))) = parse(req) else {
+            panic!("bug: should parse")
+        };
+        assert_eq!(r.authorization, Some("Bearer t.k.n"));
+        assert_eq!(r.protocols, Some("wisp, a.b.c"));
+    }
 
     const GOOD: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://a.example\r\n\r\n";

@@ -174,7 +174,7 @@ impl<S: Service> Running<S> {
 
     /// One HTTP request head at the start of `buf`; returns bytes used (0: need more).
     fn handle_request(&mut self, key: ConnKey, buf: &mut [u8]) -> usize {
-        let (req, len) = match handshake::parse(buf) {
+        let (mut req, mut len) = match handshake::parse(buf) {
             Ok(Decoded::Done(r)) => r,
             Ok(Decoded::NeedMore) => return 0,
             Err(e) => {
@@ -184,6 +184,19 @@ impl<S: Service> Running<S> {
                 return buf.len();
             }
         };
+        // A body the service asked for (bounded by MAX_BODY): wait for all of it, under the
+        // handshake deadline, and hand it up with the head.
+        if let Some(n) = req
+            .content_length
+            .filter(|&n| req.has_body && n <= self.svc.body_limit(&req).min(handshake::MAX_BODY))
+        {
+            if buf.len() < len + n {
+                return 0;
+            }
+            req.body = &buf[len..len + n];
+            req.has_body = false;
+            len += n;
+        }
         let peer = self.core.conns[key.index as usize]
             .stream
             .peer_addr()
@@ -215,8 +228,11 @@ impl<S: Service> Running<S> {
                     buf.len()
                 }
                 Ok(accept) => {
-                    self.core
-                        .send_bytes(key, &handshake::switching_protocols(&accept));
+                    let mut answer = handshake::switching_protocols(&accept);
+                    if let Some(protocol) = S::subprotocol(&opening) {
+                        answer = handshake::with_subprotocol(answer, protocol);
+                    }
+                    self.core.send_bytes(key, &answer);
                     self.open(key, peer, opening);
                     len
                 }

@@ -84,6 +84,21 @@ pub trait Service {
     /// What one of the service's deadlines is for.
     type Timer: Copy + fmt::Debug;
 
+    /// The `Sec-WebSocket-Protocol` the 101 for `opening` names (RFC 6455 §4.2.2: one the client
+    /// offered), if any.
+    fn subprotocol(_opening: &Self::Opening) -> Option<&str> {
+        None
+    }
+
+    /// How many body bytes the reactor should read for this request head (at most
+    /// [`MAX_BODY`](crate::protocol::handshake::MAX_BODY)); 0, the default, reads none: a request
+    /// announcing a body is then answered and closed. When the request's `Content-Length` is within
+    /// the limit, [`Service::handle_request`] is called once the whole body is in, with it in
+    /// `Request::body`.
+    fn body_limit(&self, _req: &Request<'_>) -> usize {
+        0
+    }
+
     /// A complete request head arrived from `peer`.
     fn handle_request(
         &mut self,

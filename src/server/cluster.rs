@@ -235,6 +235,13 @@ impl Server {
                 }
             }
             Notice::JoinFailed { conn } => self.finish_join(io, MemberId(conn), None),
+            Notice::PublishFailed {
+                room,
+                name,
+                content,
+            } => {
+                self.publish_locally(io, &room, &name, &content);
+            }
             Notice::PostFailed { conn, content } => {
                 let key = conn_of(MemberId(conn));
                 let Some(Endpoint::Room(room)) = io.endpoint(key) else {

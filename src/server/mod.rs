@@ -14,17 +14,19 @@
 //! - a deadline → expiry of a room's or the global channel's history;
 //! - a wake-up → the bridge's notices, applied to the chat's replica (`cluster`).
 
+pub mod auth;
 mod cluster;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use log::debug;
 
 use crate::chat::{
     self, Chat, ChatConfig, Checked, EventFrame, GlobalPost, MemberId, Post, Resume, RoomKey,
 };
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::http::{self, Route};
 use crate::protocol::CloseCode;
 use crate::protocol::OpCode;
@@ -56,9 +58,43 @@ pub enum Opening {
     },
 }
 
+/// An upgrade the server admitted: where it goes, and (under `--auth token`) whose token it carried.
+#[derive(Debug)]
+pub struct Admitted {
+    pub target: Opening,
+    pub session: Option<Session>,
+    /// The `Sec-WebSocket-Protocol` value the 101 echoes (when the token came that way).
+    pub protocol: Option<String>,
+}
+
+/// What [`Server::admit`] lets through: the session of a WebSocket opened with a token, and the
+/// subprotocol its 101 echoes.
+type Admission = (Option<Session>, Option<String>);
+
+/// A connection opened with a token (`--auth token`).
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The name the token grants; a refresh must name the same.
+    pub name: String,
+    /// When the token expires, seconds since the Unix epoch; moved on by a refresh.
+    pub exp: u64,
+}
+
+/// Close code for a connection whose token expired without a refresh (docs/protocol.md): in the
+/// 4000–4999 range RFC 6455 §7.4.2 leaves to applications; the reason says "token expired".
+pub const TOKEN_EXPIRED: CloseCode = CloseCode::Other(4001);
+
+/// Close code for a connection closed through the server API's `disconnect` (docs/protocol.md).
+pub const DISCONNECTED: CloseCode = CloseCode::Other(4002);
+
+/// The longest a token deadline is armed ahead; a later `exp` is re-armed when this one fires.
+const TOKEN_TIMER_MAX_MICROS: u64 = 24 * 3600 * 1_000_000;
+
 /// What one of the server's deadlines is for.
 #[derive(Debug, Clone, Copy)]
 pub enum Timer {
+    /// When the token of a connection expires (unless refreshed by then).
+    Token(ConnKey),
     /// When the oldest message of a room expires.
     Room(RoomKey),
     /// When the oldest message of the global channel expires.
@@ -85,6 +121,14 @@ pub struct Server {
     /// rest goes out as their socket drains ([`Service::handle_drained`]); live `message`
     /// broadcasts skip them (those messages are in the history, so they come in order from there).
     catching_up: HashMap<MemberId, (RoomKey, u64)>,
+    /// `--auth token`: the token verifier; `None` in open mode.
+    auth: Option<Arc<auth::Verifier>>,
+    /// Connections opened with a token, with when it expires.
+    sessions: HashMap<MemberId, Session>,
+    /// `--metrics-token-file`: the bearer token /metrics requires.
+    metrics_token: Option<Secret>,
+    /// `--api-key-file`: the key of the server API; without it `/api/` answers 404.
+    api_key: Option<Secret>,
 }
 
 /// A bound daemon, ready to serve.
@@ -129,6 +173,10 @@ impl Daemon {
                 echo: cfg.echo,
                 cluster,
                 catching_up: HashMap::new(),
+                auth: cfg.auth,
+                sessions: HashMap::new(),
+                metrics_token: cfg.metrics_token,
+                api_key: cfg.api_key,
             },
         })
     }
@@ -146,8 +194,27 @@ impl Daemon {
 
 impl Service for Server {
     type Endpoint = Endpoint;
-    type Opening = Opening;
+    type Opening = Admitted;
     type Timer = Timer;
+
+    fn subprotocol(admitted: &Admitted) -> Option<&str> {
+        admitted.protocol.as_deref()
+    }
+
+    /// Bodies are read for the server API only, and only once its key matched: nobody else can make
+    /// the daemon hold 64 KiB for them.
+    fn body_limit(&self, req: &crate::protocol::handshake::Request<'_>) -> usize {
+        match &self.api_key {
+            Some(key)
+                if req.method == crate::protocol::handshake::Method::Post
+                    && req.path().starts_with("/api/")
+                    && auth::bearer_matches(req, &key.0) =>
+            {
+                crate::protocol::handshake::MAX_BODY
+            }
+            _ => 0,
+        }
+    }
 
     fn handle_request(
         &mut self,
@@ -155,8 +222,22 @@ impl Service for Server {
         conn: ConnKey,
         _peer: IpAddr,
         req: &crate::protocol::handshake::Request<'_>,
-    ) -> Answer<Opening> {
+    ) -> Answer<Admitted> {
         let route = http::route(req.path(), req.query(), self.echo);
+        if let Route::Api { room, call } = route {
+            return self.handle_api(io, conn, req, room, call);
+        }
+        if route == Route::Metrics {
+            if let Some(key) = &self.metrics_token {
+                if !auth::bearer_matches(req, &key.0) {
+                    return self.refuse(io, conn, 401, "metrics token missing or wrong");
+                }
+            }
+        }
+        let (session, protocol) = match self.admit(req, &route) {
+            Ok(admitted) => admitted,
+            Err((status, why)) => return self.refuse(io, conn, status, why),
+        };
         if route.is_websocket() {
             if let Err(status) = http::check_origin(&self.allowed_origins, req.origin) {
                 io.metrics().handshake_failures += 1;
@@ -167,7 +248,7 @@ impl Service for Server {
                 );
                 return Answer::Respond(http::error_response(status, ""), KeepAlive::No);
             }
-            return Answer::Upgrade(match route {
+            let target = match route {
                 Route::Echo => Opening::Echo,
                 Route::Global => Opening::Global,
                 Route::Room {
@@ -177,11 +258,20 @@ impl Service for Server {
                     epoch,
                 } => Opening::Room {
                     room: http::percent_decode(room).into_owned(),
-                    client: http::percent_decode(client).into_owned(),
+                    // With a token, the name is the token's, whatever the path says.
+                    client: match &session {
+                        Some(s) => s.name.clone(),
+                        None => http::percent_decode(client).into_owned(),
+                    },
                     since,
                     epoch,
                 },
                 _ => unreachable!("bug: not a WebSocket route"),
+            };
+            return Answer::Upgrade(Admitted {
+                target,
+                session,
+                protocol,
             });
         }
         let (metrics, transport) = io.transport();
@@ -193,9 +283,13 @@ impl Service for Server {
             redis_up: self.cluster.as_ref().map(|c| c.up),
             wall: io.wall(),
             allowed_origins: &self.allowed_origins,
+            auth_token: self.auth.is_some(),
         };
         let bytes = http::answer(&route, req, &view);
-        let keep = if req.method == crate::protocol::handshake::Method::Other {
+        let keep = if matches!(
+            req.method,
+            crate::protocol::handshake::Method::Other | crate::protocol::handshake::Method::Post
+        ) {
             KeepAlive::No
         } else {
             KeepAlive::Yes
@@ -208,10 +302,14 @@ impl Service for Server {
         io: &mut Io<'_, Self>,
         conn: ConnKey,
         peer: IpAddr,
-        opening: Opening,
+        admitted: Admitted,
     ) -> Endpoint {
         let m = member(conn);
-        match opening {
+        if let Some(session) = admitted.session {
+            arm_token(io, conn, session.exp);
+            self.sessions.insert(m, session);
+        }
+        match admitted.target {
             Opening::Echo => Endpoint::Echo,
             Opening::Global => {
                 self.chat.global_join(m, peer, io.wall());
@@ -278,6 +376,7 @@ impl Service for Server {
         why: Departure,
     ) {
         let m = member(conn);
+        self.sessions.remove(&m);
         match endpoint {
             Endpoint::Echo => {}
             Endpoint::Global => self.chat.global_leave(m),
@@ -309,6 +408,22 @@ impl Service for Server {
 
     fn handle_timer(&mut self, io: &mut Io<'_, Self>, timer: Timer) {
         match timer {
+            Timer::Token(conn) => {
+                let m = member(conn);
+                let Some(exp) = self.sessions.get(&m).map(|s| s.exp) else {
+                    return;
+                };
+                if exp.saturating_mul(1_000_000) > io.wall() {
+                    // Refreshed meanwhile (that refresh armed its own deadline), or armed early
+                    // for a far `exp`.
+                    arm_token(io, conn, exp);
+                    return;
+                }
+                self.sessions.remove(&m);
+                io.metrics().auth_expired += 1;
+                debug!("token of {} expired", conn.index());
+                io.close(conn, TOKEN_EXPIRED, "token expired");
+            }
             Timer::Room(room) => {
                 if let Some(next) = self.chat.expire_room(room, io.wall()) {
                     io.arm_at(Timer::Room(room), next);
@@ -368,6 +483,11 @@ impl Server {
     /// Applies one text message from an open connection.
     fn on_text(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, endpoint: Endpoint, text: &str) {
         let m = member(conn);
+        if self.auth.is_some() && text.contains("\"refresh\"") {
+            if let Some(token) = refresh_token(text) {
+                return self.on_refresh(io, conn, endpoint, &token);
+            }
+        }
         let clustered = self.cluster.as_ref().is_some_and(|c| c.up);
         match endpoint {
             Endpoint::Echo => io.send_frame(conn, OpCode::Text, text.as_bytes()),
@@ -497,9 +617,292 @@ impl Server {
         io.broadcast(frame, members.iter().map(|&m| conn_of(m)));
     }
 
+    /// Under `--auth token`: checks the token of a WebSocket route or a history view and what it
+    /// grants. `Err` is the status to refuse with (401 no or bad token, 403 not granted, 409 name
+    /// in use) and why, for the debug log. Other routes, and every route in open mode, pass.
+    fn admit(
+        &self,
+        req: &crate::protocol::handshake::Request<'_>,
+        route: &Route<'_>,
+    ) -> Result<Admission, (u16, &'static str)> {
+        let Some(verifier) = &self.auth else {
+            return Ok((None, None));
+        };
+        let history = matches!(
+            route,
+            Route::Messages { .. } | Route::Rooms | Route::RoomMessages { .. }
+        );
+        if !route.is_websocket() && !history {
+            return Ok((None, None));
+        }
+        let (token, carrier) = auth::token_of(req).ok_or((401, "no token"))?;
+        let grant = verifier.verify(&token).map_err(|r| (401, rejected(r)))?;
+        let room = |raw: &str| chat::sanitize_name(&http::percent_decode(raw), chat::DEFAULT_ROOM);
+        match route {
+            Route::Room { room: raw, .. } => {
+                let room = room(raw);
+                if !grant.may_join(&room) {
+                    return Err((403, "room not granted"));
+                }
+                if self.chat.name_in_use(&room, &grant.name) {
+                    return Err((409, "name in use in that room"));
+                }
+            }
+            Route::RoomMessages { room: raw, .. }
+                if !(grant.history && grant.may_join(&room(raw))) =>
+            {
+                return Err((403, "room history not granted"));
+            }
+            Route::Messages { .. } | Route::Rooms if !grant.history => {
+                return Err((403, "history not granted"));
+            }
+            _ => {}
+        }
+        let protocol = match carrier {
+            auth::Carrier::Subprotocol(p) => Some(p.to_owned()),
+            _ => None,
+        };
+        let session = route.is_websocket().then_some(Session {
+            name: grant.name,
+            exp: grant.exp,
+        });
+        Ok((session, protocol))
+    }
+
+    /// The server API (`--api-key-file`): `Authorization: Bearer KEY`, compared in constant time.
+    fn handle_api(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        req: &crate::protocol::handshake::Request<'_>,
+        raw_room: &str,
+        call: http::ApiCall,
+    ) -> Answer<Admitted> {
+        use crate::protocol::handshake::Method;
+        let Some(key) = &self.api_key else {
+            return Answer::Respond(http::error_response(404, ""), KeepAlive::No);
+        };
+        if !auth::bearer_matches(req, &key.0) {
+            return self.refuse(io, conn, 401, "API key missing or wrong");
+        }
+        let keep = if req.keep_alive && !req.has_body {
+            KeepAlive::Yes
+        } else {
+            KeepAlive::No
+        };
+        let json = |status: u16, body: &str| {
+            let resp = http::Response {
+                status,
+                content_type: "application/json",
+                body: body.as_bytes(),
+                extra: "",
+            };
+            Answer::Respond(
+                http::write_response(&resp, keep == KeepAlive::Yes, req.method == Method::Head),
+                keep,
+            )
+        };
+        let bad = |why: &str| {
+            let body = serde_json::json!({"error": "bad_request", "message": why}).to_string();
+            json(400, &body)
+        };
+        let room = chat::sanitize_name(&http::percent_decode(raw_room), chat::DEFAULT_ROOM);
+        match (call, req.method) {
+            (http::ApiCall::Messages, Method::Get | Method::Head) => {
+                let query = req.query();
+                let param = |name| query.and_then(|q| http::query_param(q, name));
+                let body = self.chat.room_messages_json(
+                    &http::percent_decode(raw_room),
+                    param("since").and_then(|v| v.parse().ok()),
+                    param("limit").and_then(|v| v.parse().ok()),
+                    io.wall(),
+                );
+                json(200, &body)
+            }
+            (http::ApiCall::Presence, Method::Get | Method::Head) => {
+                let body =
+                    serde_json::json!({"room_id": room, "users": self.chat.room_users(&room)});
+                json(200, &body.to_string())
+            }
+            (http::ApiCall::Messages | http::ApiCall::Disconnect, Method::Post) => {
+                if req.has_body {
+                    return Answer::Respond(http::error_response(413, ""), KeepAlive::No);
+                }
+                let Ok(serde_json::Value::Object(body)) =
+                    serde_json::from_slice::<serde_json::Value>(req.body)
+                else {
+                    return bad("the body must be a JSON object");
+                };
+                let Some(client) = body.get("client_id").and_then(|v| v.as_str()) else {
+                    return bad("client_id must be a string");
+                };
+                let client = chat::sanitize_name(client, "");
+                if client.is_empty() {
+                    return bad("client_id is empty");
+                }
+                if call == http::ApiCall::Disconnect {
+                    let n = self.disconnect(io, &room, &client);
+                    return json(200, &serde_json::json!({"disconnected": n}).to_string());
+                }
+                let Some(content) = body.get("content").and_then(|v| v.as_str()) else {
+                    return bad("content must be a string");
+                };
+                if content.trim().is_empty() {
+                    return bad("content is empty");
+                }
+                if self.cluster.as_ref().is_some_and(|c| c.up) {
+                    // The id comes from Redis, after this answer: the message reaches every
+                    // node's members (here too) from the feed, like a member's.
+                    self.bridge_send(cluster::Request::Publish {
+                        room,
+                        name: client,
+                        content: content.trim().to_owned(),
+                    });
+                    return json(202, r#"{"status":"accepted"}"#);
+                }
+                match self.publish_locally(io, &room, &client, content) {
+                    Some(event) => json(200, &event),
+                    None => bad("content is empty"),
+                }
+            }
+            _ => Answer::Respond(
+                http::error_response(405, "Allow: GET, HEAD, POST\r\n"),
+                KeepAlive::No,
+            ),
+        }
+    }
+
+    /// Stores and delivers a server API message on this daemon alone; returns its event.
+    fn publish_locally(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        room: &str,
+        name: &str,
+        content: &str,
+    ) -> Option<String> {
+        let (key, post) = self.chat.publish(room, name, content, io.wall())?;
+        let Post::Broadcast { event, arm_expiry } = post else {
+            unreachable!("bug: publish stores or refuses")
+        };
+        self.broadcast_room_message(io, key, &event);
+        if let Some(due) = arm_expiry {
+            io.arm_at(Timer::Room(key), due);
+        }
+        Some(event.text().to_owned())
+    }
+
+    /// Closes every local connection named `client` in room `room` with 4002; returns how many.
+    fn disconnect(&mut self, io: &mut Io<'_, Self>, room: &str, client: &str) -> usize {
+        let Some(key) = self.chat.room_key(room) else {
+            return 0;
+        };
+        let named: Vec<MemberId> = self
+            .chat
+            .room_members(key)
+            .iter()
+            .copied()
+            .filter(|&m| self.chat.member_name(key, m) == Some(client))
+            .collect();
+        for &m in &named {
+            debug!("API disconnects {}", conn_of(m).index());
+            io.close(conn_of(m), DISCONNECTED, "disconnected by the server");
+        }
+        named.len()
+    }
+
+    /// Answers a request refused for its credentials, counted and logged at debug (never the token).
+    fn refuse(
+        &self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        status: u16,
+        why: &'static str,
+    ) -> Answer<Admitted> {
+        io.metrics().auth_refused += 1;
+        debug!("refused request on {}: {status} {why}", conn.index());
+        let extra = if status == 401 {
+            "WWW-Authenticate: Bearer\r\n"
+        } else {
+            ""
+        };
+        Answer::Respond(http::error_response(status, extra), KeepAlive::No)
+    }
+
+    /// `{"type":"refresh","token":...}` on an open connection: a fresh token for the same name moves
+    /// its expiry on; the connection keeps its place. A refused one changes nothing (the old expiry
+    /// still stands) and the client gets an `error` with code `bad_token`.
+    fn on_refresh(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        conn: ConnKey,
+        endpoint: Endpoint,
+        token: &str,
+    ) {
+        let m = member(conn);
+        let refused = |io: &mut Io<'_, Self>, why: &str| {
+            debug!("refresh refused on {}: {why}", conn.index());
+            io.metrics().auth_refused += 1;
+            let error = serde_json::json!({"type": "error", "code": "bad_token", "message": why});
+            io.send_text(conn, error.to_string().as_bytes());
+        };
+        let Some(verifier) = self.auth.clone() else {
+            return;
+        };
+        let grant = match verifier.verify(token) {
+            Ok(g) => g,
+            Err(r) => return refused(io, rejected(r)),
+        };
+        let Some(session) = self.sessions.get_mut(&m) else {
+            return refused(io, "the connection's token has expired");
+        };
+        if grant.name != session.name {
+            return refused(io, "the token names someone else");
+        }
+        if let Endpoint::Room(room) = endpoint {
+            if !self.chat.room_id(room).is_some_and(|r| grant.may_join(r)) {
+                return refused(io, "the token does not grant this room");
+            }
+        }
+        session.exp = grant.exp;
+        arm_token(io, conn, grant.exp);
+        let ack = serde_json::json!({"type": "refreshed", "exp": grant.exp});
+        io.send_text(conn, ack.to_string().as_bytes());
+    }
+
     fn bridge_send(&self, req: cluster::Request) {
         if let Some(c) = &self.cluster {
             c.send(req);
         }
+    }
+}
+
+/// Arms the token deadline of `conn` for `exp` (seconds), at most a day ahead.
+fn arm_token(io: &mut Io<'_, Server>, conn: ConnKey, exp: u64) {
+    let due = exp
+        .saturating_mul(1_000_000)
+        .min(io.wall() + TOKEN_TIMER_MAX_MICROS);
+    io.arm_at(Timer::Token(conn), due);
+}
+
+/// The token of a `{"type":"refresh","token":"..."}` message; `None` for anything else.
+fn refresh_token(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let obj = v.as_object()?;
+    if obj.get("type")?.as_str()? != "refresh" {
+        return None;
+    }
+    Some(obj.get("token")?.as_str()?.to_owned())
+}
+
+/// A token refusal's reason, for the debug log and the `bad_token` error.
+fn rejected(r: auth::Rejected) -> &'static str {
+    match r {
+        auth::Rejected::Missing => "no token",
+        auth::Rejected::Expired => "token expired",
+        auth::Rejected::NotYetValid => "token not yet valid",
+        auth::Rejected::BadSignature => "bad signature",
+        auth::Rejected::WrongAlgorithm => "wrong algorithm",
+        auth::Rejected::WrongIssuerOrAudience => "wrong issuer or audience",
+        auth::Rejected::Malformed => "malformed token",
     }
 }
