@@ -60,7 +60,7 @@ impl<S: Service> Running<S> {
                 // After a pause the tail may hold whole requests left unanswered. Serve them
                 // before reading, so that more is read only behind an incomplete unit (a request
                 // head, a frame header, a control frame): the tail never holds more than one
-                // read's worth plus one request head.
+                // read's worth plus one request head and its body (`POST /api`, at most 64 KiB).
                 tail_first = false;
                 let used = self.consume(key, &mut rbuf[..start]);
                 self.keep_tail(key, &rbuf[used..start]);
@@ -68,7 +68,7 @@ impl<S: Service> Running<S> {
             }
             tail_first = false;
             debug_assert!(
-                start <= READ_BUDGET + handshake::MAX_HEAD,
+                start <= READ_BUDGET + handshake::MAX_HEAD + handshake::MAX_BODY,
                 "bug: a tail of {start} bytes"
             );
             let room = (rbuf.len() - start).min(budget);
