@@ -117,9 +117,22 @@ pub struct ServeArgs {
     /// Join a cluster through Redis (`redis://HOST:PORT`).
     #[arg(long, env = "WISP_REDIS", value_name = "URL")]
     pub redis: Option<String>,
+    /// Speak another application's protocol, so that its own clients work unchanged: `fastapi`
+    /// (the seed rooms app's events in rooms, and the FastAPI documentation example's
+    /// `/ws/{client_id}`). Default: Wisp's own.
+    #[arg(long, env = "WISP_COMPAT", value_name = "MODE", value_enum)]
+    pub compat: Option<Compat>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "WISP_LOG", default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
     pub log: log::LevelFilter,
+}
+
+/// `--compat`: whose protocol the daemon speaks besides its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compat {
+    /// The FastAPI seed apps: the rooms app's `system`/`presence` events and content rule, and the
+    /// documentation example's `/ws/{client_id}` channel.
+    Fastapi,
 }
 
 /// `--rate-limit` as parsed: `None` when turned off with `0`.
@@ -183,6 +196,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub echo: bool,
     pub redis: Option<String>,
+    /// `--compat`: `None` speaks Wisp's own protocol only.
+    pub compat: Option<Compat>,
     pub log: log::LevelFilter,
     /// Lines to log at `warn` once logging is up (a value adjusted to what the machine allows).
     pub warnings: Vec<String>,
@@ -253,6 +268,7 @@ impl ServeArgs {
                 .collect(),
             echo: !self.no_echo,
             redis: self.redis,
+            compat: self.compat,
             log: self.log,
             warnings,
         })
@@ -322,6 +338,17 @@ mod tests {
         assert_eq!(c.welcome_history_bytes, 256 << 10);
         assert!(c.echo);
         assert!(c.max_connections > 0);
+        assert_eq!(c.compat, None);
+    }
+
+    #[test]
+    fn compat_modes() {
+        assert_eq!(
+            parse(&["--compat", "fastapi"]).unwrap().compat,
+            Some(Compat::Fastapi)
+        );
+        let err = parse(&["--compat", "django"]).unwrap_err();
+        assert!(err.contains("--compat"), "{err}");
     }
 
     #[test]

@@ -147,6 +147,18 @@ pub struct Resume<'a> {
     pub epoch: Option<&'a str>,
 }
 
+/// Which application's events the rooms speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Vocabulary {
+    /// Wisp's own (SPEC §4.2): `welcome`, `message`, `join`, `leave`, `error`.
+    #[default]
+    Wisp,
+    /// `--compat fastapi`: the seed rooms app's (`system` lines and `presence` lists instead of
+    /// `welcome`, `join` and `leave`; Python timestamps; its content rule), and the FastAPI
+    /// documentation example's `/ws/{client_id}` channel. See docs/protocol.md, "Compatibility mode".
+    FastApi,
+}
+
 /// The outcome of a text message on the global channel.
 #[derive(Debug, PartialEq, Eq)]
 pub enum GlobalPost {
@@ -203,6 +215,27 @@ pub enum Checked<'a> {
     Ignored,
 }
 
+/// The outcome of a text message on the FastAPI example channel (`/ws/{client_id}`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum DemoPost {
+    /// Send `own` (`You wrote: TEXT`) to the sender, then `all` (`Client #ID says: TEXT`) to every
+    /// [`Chat::demo_members`], the sender included, as the example does.
+    Broadcast {
+        /// The sender's own line.
+        own: String,
+        /// The line for everyone.
+        all: EventFrame,
+    },
+    /// Over the rate limit: dropped; send `error` (plain text, which is all that client shows) to
+    /// the sender.
+    RateLimited {
+        /// The text to send.
+        error: String,
+    },
+    /// Over the rate limit again, and already told: dropped silently.
+    Dropped,
+}
+
 /// The outcome of [`Chat::join`].
 #[derive(Debug)]
 pub struct Joined {
@@ -210,7 +243,8 @@ pub struct Joined {
     pub key: RoomKey,
     /// The name in use (cleaned and de-duplicated).
     pub name: String,
-    /// The `welcome` event JSON, the joiner's first frame.
+    /// The `welcome` event JSON, the joiner's first frame; empty under [`Vocabulary::FastApi`],
+    /// where the joiner gets its history through [`Chat::catch_up`] instead.
     pub welcome: String,
     /// The `join` event, for every other member (`room_members` minus the joiner).
     pub join_event: EventFrame,
@@ -269,6 +303,12 @@ pub struct Chat {
     cluster_global_seq: u64,
     /// Where room events and global messages are framed, into buffers the histories give back.
     frames: FramePool,
+    /// The rooms' vocabulary: Wisp's own, or `--compat fastapi`.
+    vocabulary: Vocabulary,
+    /// The FastAPI example channel `/ws/{client_id}` (`--compat fastapi` only).
+    demo_members: GlobalPresence,
+    /// The `client_id` of each [`Chat::demo_members`], from its path.
+    demo_names: presence::IdMap<Box<str>>,
 }
 
 /// A room message that is a JSON object; only `content` matters, other fields are ignored.
@@ -305,7 +345,40 @@ impl Chat {
             rate_limited_total: 0,
             cluster_global_seq: 0,
             frames: FramePool::default(),
+            vocabulary: Vocabulary::Wisp,
+            demo_members: GlobalPresence::default(),
+            demo_names: presence::IdMap::default(),
         }
+    }
+
+    /// The chat speaking `vocabulary` in its rooms (the default is [`Vocabulary::Wisp`]).
+    pub fn with_vocabulary(mut self, vocabulary: Vocabulary) -> Chat {
+        self.vocabulary = vocabulary;
+        self.frames.times = vocabulary.into();
+        self
+    }
+
+    /// The rooms' vocabulary.
+    pub fn vocabulary(&self) -> Vocabulary {
+        self.vocabulary
+    }
+
+    /// An `error` event in the rooms' vocabulary.
+    fn error_event(&self, code: ErrorCode, text: &str, now: Micros) -> String {
+        match self.vocabulary {
+            Vocabulary::Wisp => events::error(code, text),
+            Vocabulary::FastApi => events::compat_error(code, text, now),
+        }
+    }
+
+    /// The `error` a client gets for a text sent before its cluster join was answered, over the
+    /// number kept meanwhile.
+    pub fn joining_overflow_error(&self, now: Micros) -> String {
+        self.error_event(
+            ErrorCode::RateLimited,
+            "too many messages before welcome",
+            now,
+        )
     }
 
     fn new_bucket(&self, now: Micros) -> Option<TokenBucket> {
@@ -315,26 +388,25 @@ impl Chat {
             .map(|l| TokenBucket::full(l, now))
     }
 
-    fn rate_limit_error(&self, by: Limit) -> String {
+    fn rate_limit_text(&self, by: Limit) -> String {
         let (limit, from) = match by {
             Limit::Connection => (self.cfg.rate_limit.as_ref(), ""),
             Limit::Address => (self.addresses.limit(), " from one address"),
         };
-        let text = match limit {
+        match limit {
             Some(l) => format!(
                 "rate limit exceeded: at most {} messages per {} s{from}",
                 l.tokens, l.per_secs
             ),
             None => "rate limit exceeded".to_owned(),
-        };
-        events::error(ErrorCode::RateLimited, &text)
+        }
     }
 
     /// The answer to a refused message: `Some(error)` the first time its bucket refuses since it last
     /// admitted one, `None` (drop silently) after that. Counted either way.
-    fn refused(&mut self, by: Limit, tell: bool) -> Option<String> {
+    fn refused(&mut self, by: Limit, tell: bool, now: Micros) -> Option<String> {
         self.rate_limited_total += 1;
-        tell.then(|| self.rate_limit_error(by))
+        tell.then(|| self.error_event(ErrorCode::RateLimited, &self.rate_limit_text(by), now))
     }
 
     /// Accounts for a push into the history `source` (what `--history-max` dropped, and the message
@@ -438,7 +510,7 @@ impl Chat {
         let conn = bucket.zip(self.cfg.rate_limit.as_ref());
         match ratelimit::admit(conn, &mut self.addresses, ip, now) {
             Verdict::Admit => Ok(()),
-            Verdict::Refuse { by, tell } => Err(self.refused(by, tell)),
+            Verdict::Refuse { by, tell } => Err(self.refused(by, tell, now)),
         }
     }
 
@@ -533,18 +605,24 @@ impl Chat {
         let catch_up = cut
             .then(|| owed.clone().nth(count - 1).map(|e| e.item.id))
             .flatten();
-        let welcome = events::welcome(
-            Welcome {
-                room_id: &room.name,
-                client_id: &name,
-                users: room.users(),
-                ttl_s: self.cfg.ttl_secs,
-                epoch: &room.epoch,
-                recovered: recovery.recovered,
-                history_complete: catch_up.is_none(),
-            },
-            owed.take(count).map(|e| e.item.event.text()),
-        );
+        // The seed rooms app has no `welcome`: its joiner gets the history as `message` events
+        // (through `catch_up`) and the room's `presence`, which the server sends.
+        let welcome = if self.vocabulary == Vocabulary::FastApi {
+            String::new()
+        } else {
+            events::welcome(
+                Welcome {
+                    room_id: &room.name,
+                    client_id: &name,
+                    users: room.users(),
+                    ttl_s: self.cfg.ttl_secs,
+                    epoch: &room.epoch,
+                    recovered: recovery.recovered,
+                    history_complete: catch_up.is_none(),
+                },
+                owed.take(count).map(|e| e.item.event.text()),
+            )
+        };
         let join_event = events::presence(&mut self.frames, Presence::Join, &room.name, &name, now);
         Joined {
             key,
@@ -640,12 +718,16 @@ impl Chat {
         if let Verdict::Refuse { by, tell } =
             ratelimit::admit(conn, &mut self.addresses, Some(member.ip), now)
         {
-            return match self.refused(by, tell) {
+            return match self.refused(by, tell, now) {
                 Some(error) => Checked::Reply { error },
                 None => Checked::Ignored,
             };
         }
-        let Some(content) = room_content(text) else {
+        let content = match self.vocabulary {
+            Vocabulary::Wisp => room_content(text),
+            Vocabulary::FastApi => Some(fastapi_content(text)),
+        };
+        let Some(content) = content else {
             return Checked::Reply {
                 error: events::error(ErrorCode::BadRequest, BAD_REQUEST_TEXT),
             };
@@ -710,6 +792,90 @@ impl Chat {
             self.rooms.free(key);
         }
         expired.next_due
+    }
+
+    // --- `--compat fastapi`: the seed rooms app's presence, the FastAPI example's channel
+
+    /// `--compat fastapi`: how the members of room `key` are told that `name` joined or left: the
+    /// seed rooms app's `system` line (`alice joined lobby.`, `alice left lobby.`), then its
+    /// `presence` event with everyone now in the room. For every member, the joiner included (the
+    /// app broadcasts to the whole room). `None` for a stale key.
+    ///
+    /// The `presence` list is as long as the room: filling a room of N costs O(N²) bytes on the
+    /// wire (docs/benchmarks.md, "Compatibility mode").
+    pub fn compat_presence(
+        &mut self,
+        key: RoomKey,
+        kind: Presence,
+        name: &str,
+        now: Micros,
+    ) -> Option<[EventFrame; 2]> {
+        let room = self.rooms.get(key)?;
+        let verb = match kind {
+            Presence::Join => "joined",
+            Presence::Leave => "left",
+        };
+        let line = events::system(
+            &mut self.frames,
+            &room.name,
+            &format!("{name} {verb} {}.", room.name),
+            now,
+        );
+        let list = events::presence_list(&mut self.frames, room.users(), now);
+        Some([line, list])
+    }
+
+    /// `--compat fastapi`: `m`, connected from `ip`, joins the FastAPI example channel
+    /// `/ws/{client_id}` as `client` (an already decoded path segment, cleaned like a client name;
+    /// not de-duplicated: the example's ids are timestamps).
+    pub fn demo_join(&mut self, m: MemberId, ip: IpAddr, client: &str, now: Micros) {
+        let bucket = self.new_bucket(now);
+        let ip = self.addresses.limit().map(|_| ip);
+        self.demo_members.join(m, bucket, ip);
+        let name = names::sanitize_name(client, names::DEFAULT_CLIENT);
+        self.demo_names.insert(m, name.into());
+    }
+
+    /// `m` leaves the example channel: returns `Client #ID left the chat` for the others
+    /// ([`Chat::demo_members`], read after this call), `None` if `m` was not a member or nobody is
+    /// left to tell.
+    pub fn demo_leave(&mut self, m: MemberId) -> Option<EventFrame> {
+        self.demo_members.leave(m);
+        let name = self.demo_names.remove(&m)?;
+        if self.demo_members.members().is_empty() {
+            return None;
+        }
+        Some(self.frames.raw(&format!("Client #{name} left the chat")))
+    }
+
+    /// A text message from `m` on the example channel: rate limited like any chat message, then
+    /// `You wrote: TEXT` for the sender and `Client #ID says: TEXT` for everyone, the text as sent
+    /// (the example neither trims it nor keeps it).
+    pub fn demo_post(&mut self, m: MemberId, text: &str, now: Micros) -> DemoPost {
+        let Some((bucket, ip)) = self.demo_members.limiter_mut(m) else {
+            return DemoPost::Dropped;
+        };
+        let conn = bucket.zip(self.cfg.rate_limit.as_ref());
+        if let Verdict::Refuse { by, tell } = ratelimit::admit(conn, &mut self.addresses, ip, now) {
+            self.rate_limited_total += 1;
+            return match tell {
+                true => DemoPost::RateLimited {
+                    error: self.rate_limit_text(by),
+                },
+                false => DemoPost::Dropped,
+            };
+        }
+        let name = self.demo_names.get(&m).map_or("anonymous", |n| &**n);
+        let all = format!("Client #{name} says: {text}");
+        DemoPost::Broadcast {
+            own: format!("You wrote: {text}"),
+            all: self.frames.raw(&all),
+        }
+    }
+
+    /// Everyone on the example channel, in no particular order.
+    pub fn demo_members(&self) -> &[MemberId] {
+        self.demo_members.members()
     }
 
     // --- HTTP views (SPEC §3); each hides what has expired at `now` even if no timer has run yet
@@ -867,6 +1033,35 @@ fn page_limit(limit: Option<usize>) -> usize {
     limit
         .unwrap_or(HISTORY_PAGE_MESSAGES)
         .clamp(1, HISTORY_PAGE_MESSAGES)
+}
+
+/// The content of a room message as the seed rooms app takes it (`--compat fastapi`): for a JSON
+/// object, Python's `str(data.get("content", ""))` (a string as is; `null`, `true`, `false` as
+/// `None`, `True`, `False`; a number as written; an array or object as compact JSON, where Python
+/// would write its own repr); anything else is the text itself. Never refused: the caller trims,
+/// and ignores what is empty.
+fn fastapi_content(text: &str) -> Cow<'_, str> {
+    if !text.trim_start().starts_with('{') {
+        return Cow::Borrowed(text);
+    }
+    if let Ok(RoomInput {
+        content: Some(content),
+    }) = serde_json::from_str::<RoomInput<'_>>(text)
+    {
+        return content;
+    }
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return Cow::Borrowed(text);
+    };
+    Cow::Owned(match object.get("content") {
+        None => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) => "None".to_owned(),
+        Some(serde_json::Value::Bool(true)) => "True".to_owned(),
+        Some(serde_json::Value::Bool(false)) => "False".to_owned(),
+        Some(other) => other.to_string(),
+    })
 }
 
 /// The content of a room message (SPEC §4.4), or `None` for a JSON object without a string `content`.

@@ -48,18 +48,41 @@ pub enum Route<'a> {
         since: Option<u64>,
         epoch: Option<String>,
     },
+    /// `/ws/{client_id}` under `--compat fastapi`: the FastAPI documentation example's chat; the raw
+    /// segment.
+    Demo {
+        client: &'a str,
+    },
     NotFound,
 }
 
 impl Route<'_> {
     /// Whether this route is a WebSocket endpoint (needs an upgrade).
     pub fn is_websocket(&self) -> bool {
-        matches!(self, Route::Echo | Route::Global | Route::Room { .. })
+        matches!(
+            self,
+            Route::Echo | Route::Global | Route::Room { .. } | Route::Demo { .. }
+        )
     }
+}
+
+/// Which optional routes are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routes {
+    /// `/echo`; false under `--no-echo`.
+    pub echo: bool,
+    /// `/ws/{client_id}`, under `--compat fastapi`; otherwise that path is `404` (SPEC §4.4).
+    pub demo: bool,
 }
 
 /// Maps a path and query to a route. `echo` is false under `--no-echo`.
 pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a> {
+    route_with(path, query, Routes { echo, demo: false })
+}
+
+/// Maps a path and query to a route, with the optional routes of `routes`.
+pub fn route_with<'a>(path: &'a str, query: Option<&'a str>, routes: Routes) -> Route<'a> {
+    let echo = routes.echo;
     let since = || {
         query
             .and_then(|q| query_param(q, "since"))
@@ -85,6 +108,7 @@ pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a>
         },
         (Some("echo"), None, _, _) if echo => Route::Echo,
         (Some("ws"), None, _, _) => Route::Global,
+        (Some("ws"), Some(client), None, _) if routes.demo => Route::Demo { client },
         (Some("ws"), Some(room), Some(client), None) => Route::Room {
             room,
             client,
@@ -217,6 +241,19 @@ mod tests {
         assert_eq!(route("/rooms/x", None, true), Route::NotFound);
         assert_eq!(route("/nope", None, true), Route::NotFound);
         assert_eq!(route("/healthz/", None, true), Route::NotFound);
+        let compat = Routes {
+            echo: true,
+            demo: true,
+        };
+        assert_eq!(
+            route_with("/ws/1700000000", None, compat),
+            Route::Demo {
+                client: "1700000000"
+            }
+        );
+        assert!(route_with("/ws/7", None, compat).is_websocket());
+        assert_eq!(route_with("/ws", None, compat), Route::Global);
+        assert_eq!(route_with("/ws/a/b/c", None, compat), Route::NotFound);
     }
 
     #[test]

@@ -22,10 +22,11 @@ use std::net::IpAddr;
 use log::debug;
 
 use crate::chat::{
-    self, Chat, ChatConfig, Checked, EventFrame, GlobalPost, MemberId, Post, Resume, RoomKey,
+    self, Chat, ChatConfig, Checked, DemoPost, EventFrame, GlobalPost, Joined, MemberId, Post,
+    Presence, Resume, RoomKey, Vocabulary,
 };
-use crate::config::Config;
-use crate::http::{self, Route};
+use crate::config::{Compat, Config};
+use crate::http::{self, Route, Routes};
 use crate::protocol::CloseCode;
 use crate::protocol::OpCode;
 use crate::reactor::{Answer, ConnKey, Departure, Io, KeepAlive, Message, Reactor, Service};
@@ -40,6 +41,8 @@ pub enum Endpoint {
     /// Cluster mode: the room join is with the cluster bridge; the `welcome` comes with its answer,
     /// and text frames wait (in the link's `Joining` entry) until then.
     Joining,
+    /// `--compat fastapi`: the FastAPI documentation example's `/ws/{client_id}` (on this node only).
+    Demo,
 }
 
 /// A WebSocket route's parameters, from the request to the 101.
@@ -53,6 +56,10 @@ pub enum Opening {
         client: String,
         since: Option<u64>,
         epoch: Option<String>,
+    },
+    /// `/ws/{client_id}`, percent-decoded, not yet cleaned.
+    Demo {
+        client: String,
     },
 }
 
@@ -78,7 +85,8 @@ fn conn_of(m: MemberId) -> ConnKey {
 pub struct Server {
     chat: Chat,
     allowed_origins: Vec<String>,
-    echo: bool,
+    /// The optional routes served: `/echo` unless `--no-echo`, `/ws/{client_id}` under `--compat`.
+    routes: Routes,
     /// Cluster mode state; `None` without `--redis`.
     cluster: Option<ClusterLink>,
     /// Room members whose `welcome` history was cut: their room and the last message id sent. The
@@ -120,13 +128,20 @@ impl Daemon {
                 }),
             },
             wall ^ ((std::process::id() as u64) << 40),
-        );
+        )
+        .with_vocabulary(match cfg.compat {
+            None => Vocabulary::Wisp,
+            Some(Compat::Fastapi) => Vocabulary::FastApi,
+        });
         Ok(Daemon {
             reactor,
             server: Server {
                 chat,
                 allowed_origins: cfg.allowed_origins,
-                echo: cfg.echo,
+                routes: Routes {
+                    echo: cfg.echo,
+                    demo: cfg.compat == Some(Compat::Fastapi),
+                },
                 cluster,
                 catching_up: HashMap::new(),
             },
@@ -156,7 +171,7 @@ impl Service for Server {
         _peer: IpAddr,
         req: &crate::protocol::handshake::Request<'_>,
     ) -> Answer<Opening> {
-        let route = http::route(req.path(), req.query(), self.echo);
+        let route = http::route_with(req.path(), req.query(), self.routes);
         if route.is_websocket() {
             if let Err(status) = http::check_origin(&self.allowed_origins, req.origin) {
                 io.metrics().handshake_failures += 1;
@@ -180,6 +195,9 @@ impl Service for Server {
                     client: http::percent_decode(client).into_owned(),
                     since,
                     epoch,
+                },
+                Route::Demo { client } => Opening::Demo {
+                    client: http::percent_decode(client).into_owned(),
                 },
                 _ => unreachable!("bug: not a WebSocket route"),
             });
@@ -217,6 +235,10 @@ impl Service for Server {
                 self.chat.global_join(m, peer, io.wall());
                 Endpoint::Global
             }
+            Opening::Demo { client } => {
+                self.chat.demo_join(m, peer, &client, io.wall());
+                Endpoint::Demo
+            }
             Opening::Room {
                 room,
                 client,
@@ -239,9 +261,15 @@ impl Service for Server {
                     },
                     io.wall(),
                 );
-                io.send_text(conn, joined.welcome.as_bytes());
-                self.start_catch_up(io, conn, joined.key, joined.catch_up);
-                self.broadcast_room(io, joined.key, &joined.join_event, Some(m));
+                self.greet(io, conn, &joined, since);
+                self.announce(
+                    io,
+                    joined.key,
+                    Presence::Join,
+                    &joined.name,
+                    &joined.join_event,
+                    m,
+                );
                 Endpoint::Room(joined.key)
             }
         }
@@ -281,6 +309,12 @@ impl Service for Server {
         match endpoint {
             Endpoint::Echo => {}
             Endpoint::Global => self.chat.global_leave(m),
+            Endpoint::Demo => {
+                if let (Some(line), Departure::Left) = (self.chat.demo_leave(m), why) {
+                    let members = self.chat.demo_members();
+                    io.broadcast(&line, members.iter().map(|&m| conn_of(m)));
+                }
+            }
             Endpoint::Joining => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.cancel_join(m);
@@ -288,6 +322,10 @@ impl Service for Server {
             }
             Endpoint::Room(room) => {
                 self.catching_up.remove(&m);
+                // The seed rooms app names who left; Wisp's own `leave` event carries the name.
+                let name = (self.chat.vocabulary() == Vocabulary::FastApi)
+                    .then(|| self.chat.member_name(room, m).map(str::to_owned))
+                    .flatten();
                 let event = self.chat.leave(room, m, io.wall());
                 let clustered = match self.cluster.as_ref() {
                     Some(c) => {
@@ -301,7 +339,8 @@ impl Service for Server {
                 };
                 // In the cluster, the `leave` comes back on the feed, to every node alike.
                 if let (Some(event), Departure::Left, false) = (event, why, clustered) {
-                    self.broadcast_room(io, room, &event, None);
+                    let name = name.as_deref().unwrap_or_default();
+                    self.announce_to(io, room, Presence::Leave, name, &event, None);
                 }
             }
         }
@@ -371,6 +410,18 @@ impl Server {
         let clustered = self.cluster.as_ref().is_some_and(|c| c.up);
         match endpoint {
             Endpoint::Echo => io.send_frame(conn, OpCode::Text, text.as_bytes()),
+            Endpoint::Demo => match self.chat.demo_post(m, text, io.wall()) {
+                DemoPost::Broadcast { own, all } => {
+                    io.send_text(conn, own.as_bytes());
+                    let members = self.chat.demo_members();
+                    io.broadcast(&all, members.iter().map(|&m| conn_of(m)));
+                }
+                DemoPost::RateLimited { error } => {
+                    debug!("rate limited {}", conn.index());
+                    io.send_text(conn, error.as_bytes());
+                }
+                DemoPost::Dropped => {}
+            },
             Endpoint::Global if clustered => match self.chat.global_admit(m, io.wall()) {
                 // Delivered, to the sender too, when it comes back on the feed.
                 Ok(()) => self.bridge_send(cluster::Request::GlobalPost {
@@ -420,7 +471,7 @@ impl Server {
                 if refused {
                     io.metrics().rate_limited += 1;
                     debug!("rate limited {} while joining", conn.index());
-                    let error = r#"{"type":"error","code":"rate_limited","message":"too many messages before welcome"}"#;
+                    let error = self.chat.joining_overflow_error(io.wall());
                     io.send_text(conn, error.as_bytes());
                 }
             }
@@ -441,6 +492,66 @@ impl Server {
             }
             Post::Ignored => {}
         }
+    }
+
+    /// Greets a member that has just joined a room: Wisp's `welcome` (the rest of a cut history
+    /// following as the socket drains); under `--compat fastapi`, which has no `welcome`, the
+    /// history as `message` events, after `since` when the upgrade asked for it.
+    fn greet(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, joined: &Joined, since: Option<u64>) {
+        if self.chat.vocabulary() == Vocabulary::Wisp {
+            io.send_text(conn, joined.welcome.as_bytes());
+            self.start_catch_up(io, conn, joined.key, joined.catch_up);
+            return;
+        }
+        let budget = self.chat.welcome_history_bytes();
+        let part = self
+            .chat
+            .catch_up(joined.key, since.unwrap_or(0), budget, io.wall());
+        for event in &part.frames {
+            let shared = io.share(event);
+            io.send_shared(conn, shared);
+        }
+        self.start_catch_up(io, conn, joined.key, part.next);
+    }
+
+    /// Tells the room that `name` joined (everyone but the joiner, `except`, gets `event`).
+    fn announce(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        room: RoomKey,
+        kind: Presence,
+        name: &str,
+        event: &EventFrame,
+        joiner: MemberId,
+    ) {
+        self.announce_to(io, room, kind, name, event, Some(joiner));
+    }
+
+    /// Tells the members of `room` that `name` joined or left: Wisp's `join`/`leave` `event` to all
+    /// but `except`; under `--compat fastapi` the seed rooms app's `system` line and `presence`
+    /// list instead, to everyone, the joiner included, as that app does.
+    fn announce_to(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        room: RoomKey,
+        kind: Presence,
+        name: &str,
+        event: &EventFrame,
+        except: Option<MemberId>,
+    ) {
+        if self.chat.vocabulary() == Vocabulary::Wisp {
+            return self.broadcast_room(io, room, event, except);
+        }
+        if let Some(frames) = self.chat.compat_presence(room, kind, name, io.wall()) {
+            for frame in &frames {
+                self.broadcast_room(io, room, frame, None);
+            }
+        }
+    }
+
+    /// A presence change from the cluster, told to this node's members of its room.
+    fn deliver(&mut self, io: &mut Io<'_, Self>, d: &chat::Delivery) {
+        self.announce_to(io, d.room, d.kind, &d.name, &d.event, d.except);
     }
 
     /// Queues `event` once for every member of `room` (but `except`).
