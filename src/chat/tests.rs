@@ -1345,3 +1345,126 @@ fn format_characters_are_removed_from_names() {
         "lobby"
     );
 }
+
+// --- `--compat fastapi`
+
+fn compat_chat() -> Chat {
+    Chat::new(config(), 0x5eed).with_vocabulary(Vocabulary::FastApi)
+}
+
+#[test]
+fn compat_join_and_leave_are_a_system_line_and_the_presence_list() {
+    let mut c = compat_chat();
+    let a = join(&mut c, "lobby", "alice", 1, T0);
+    assert_eq!(
+        a.welcome, "",
+        "no welcome: the rooms client would draw it as an empty card"
+    );
+    let b = join(&mut c, "lobby", "alice", 2, T0 + 123_456);
+    let [line, list] = c
+        .compat_presence(b.key, Presence::Join, &b.name, T0 + 123_456)
+        .unwrap();
+    assert_eq!(
+        parse(&line),
+        json!({"type": "system", "room_id": "lobby", "client_id": "system",
+               "content": "alice#2 joined lobby.", "timestamp": "2026-11-21T10:00:00.123456+00:00"})
+    );
+    assert_eq!(
+        parse(&list),
+        json!({"type": "presence", "users": ["alice", "alice#2"],
+               "timestamp": "2026-11-21T10:00:00.123456+00:00"})
+    );
+    c.leave(b.key, MemberId(2), T0 + S);
+    let [line, list] = c
+        .compat_presence(b.key, Presence::Leave, "alice#2", T0 + S)
+        .unwrap();
+    assert_eq!(parse(&line)["content"], "alice#2 left lobby.");
+    assert_eq!(parse(&line)["timestamp"], "2026-11-21T10:00:01+00:00");
+    assert_eq!(parse(&list)["users"], json!(["alice"]));
+}
+
+#[test]
+fn compat_content_is_pythons_str_of_content() {
+    let mut c = compat_chat();
+    let a = join(&mut c, "r", "alice", 1, T0);
+    let content = |c: &mut Chat, text: &str| match c.post(a.key, MemberId(1), text, T0) {
+        Post::Broadcast { event, .. } => {
+            Some(parse(&event)["content"].as_str().unwrap().to_owned())
+        }
+        Post::Reply { error } => panic!("no error in this mode, got {error} for {text}"),
+        Post::Ignored => None,
+    };
+    for (text, want) in [
+        (r#"{"content":" hi "}"#, Some("hi")),
+        (r#"{"content":7}"#, Some("7")),
+        (r#"{"content":1.5}"#, Some("1.5")),
+        (r#"{"content":null}"#, Some("None")),
+        (r#"{"content":false}"#, Some("False")),
+        (r#"{"content":["a",1]}"#, Some(r#"["a",1]"#)),
+        (r#"{"content":"a","content":"b"}"#, Some("b")),
+        (r#"{"other":1}"#, None),
+        (r#"{"content":"  "}"#, None),
+        (r#""quoted""#, Some(r#""quoted""#)),
+        ("{not json}", Some("{not json}")),
+        ("plain", Some("plain")),
+    ] {
+        assert_eq!(content(&mut c, text).as_deref(), want, "{text}");
+    }
+    let Post::Broadcast { event, .. } = c.post(a.key, MemberId(1), "x", T0 + 5) else {
+        panic!("not posted");
+    };
+    assert_eq!(
+        parse(&event)["timestamp"],
+        "2026-11-21T10:00:00.000005+00:00"
+    );
+}
+
+#[test]
+fn compat_rate_limit_error_carries_its_text_as_content() {
+    let mut c = Chat::new(
+        ChatConfig {
+            rate_limit: Some(RateLimit {
+                tokens: 1,
+                per_secs: 60,
+            }),
+            ..config()
+        },
+        1,
+    )
+    .with_vocabulary(Vocabulary::FastApi);
+    let a = join(&mut c, "r", "alice", 1, T0);
+    assert!(matches!(
+        c.post(a.key, MemberId(1), "one", T0),
+        Post::Broadcast { .. }
+    ));
+    let Post::Reply { error } = c.post(a.key, MemberId(1), "two", T0) else {
+        panic!("not refused");
+    };
+    let e = parse(&error);
+    assert_eq!(
+        (e["type"].as_str(), e["client_id"].as_str()),
+        (Some("error"), Some("system"))
+    );
+    assert_eq!(e["content"], e["message"]);
+    assert!(e["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("rate limit exceeded"));
+}
+
+#[test]
+fn demo_channel_lines() {
+    let mut c = compat_chat();
+    c.demo_join(MemberId(1), IP, "1700000000001", T0);
+    c.demo_join(MemberId(2), IP, "", T0);
+    let DemoPost::Broadcast { own, all } = c.demo_post(MemberId(1), " hi ", T0) else {
+        panic!("not posted");
+    };
+    assert_eq!(own, "You wrote:  hi ");
+    assert_eq!(all.text(), "Client #1700000000001 says:  hi ");
+    assert_eq!(c.demo_members().len(), 2);
+    let gone = c.demo_leave(MemberId(2)).unwrap();
+    assert_eq!(gone.text(), "Client #anonymous left the chat");
+    assert!(c.demo_leave(MemberId(1)).is_none(), "nobody left to tell");
+    assert!(c.demo_members().is_empty());
+}
