@@ -8,7 +8,10 @@ use crate::chat::{self, Chat};
 use crate::metrics::{Gauges, Metrics, Transport};
 use crate::protocol::handshake::{Method, Request};
 
-use super::{percent_decode, write_response, Response, Route, CLIENT_PAGE, PAGE_HEADERS};
+use super::{
+    percent_decode, write_response, Response, Route, CLIENT_PAGE, CLIENT_SCRIPT, CLIENT_STYLE,
+    FAVICON, PAGE_HEADERS,
+};
 
 /// What an answer may read: the state as it is at this turn.
 pub struct View<'a> {
@@ -65,6 +68,13 @@ pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> 
     let body: String;
     let (status, ctype, bytes): (u16, &str, &[u8]) = match route {
         Route::Page => (200, "text/html; charset=utf-8", CLIENT_PAGE.as_bytes()),
+        Route::Script => (
+            200,
+            "text/javascript; charset=utf-8",
+            CLIENT_SCRIPT.as_bytes(),
+        ),
+        Route::Style => (200, "text/css; charset=utf-8", CLIENT_STYLE.as_bytes()),
+        Route::Favicon => (200, "image/svg+xml", FAVICON.as_bytes()),
         Route::Health => {
             body = health_json(view);
             (200, JSON, body.as_bytes())
@@ -106,7 +116,10 @@ pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> 
     };
     let extra = if ctype == JSON {
         cors(view.allowed_origins, req.origin)
-    } else if *route == Route::Page {
+    } else if matches!(
+        route,
+        Route::Page | Route::Script | Route::Style | Route::Favicon
+    ) {
         PAGE_HEADERS.to_owned()
     } else {
         String::new()

@@ -15,17 +15,32 @@ pub use answers::{answer, check_origin, View};
 /// The browser client (SPEC §5), served at `GET /`.
 pub const CLIENT_PAGE: &str = include_str!("client.html");
 
-/// Header lines sent with the page: no MIME sniffing, no referrer, and a Content-Security-Policy
-/// that forbids framing (clickjacking), `<base>`, plugins and form submission (both forms are
-/// handled by script). Scripts and connections are not restricted by it: the page's script and
-/// style are inline, and a proxy may put the WebSocket on another scheme or host.
+/// The page's script, served at `GET /client.js` so that the page's CSP can say `script-src 'self'`.
+pub const CLIENT_SCRIPT: &str = include_str!("client.js");
+
+/// The page's style, served at `GET /client.css` (`style-src 'self'`).
+pub const CLIENT_STYLE: &str = include_str!("client.css");
+
+/// The page's icon, an SVG served at `GET /favicon.ico` (browsers ask for that path whatever
+/// the page says; they take the type from `Content-Type`).
+pub const FAVICON: &str = include_str!("favicon.svg");
+
+/// Header lines sent with the page and its script, style and icon: no MIME sniffing, no referrer,
+/// and a Content-Security-Policy that allows nothing but this origin's own script, style, icon and
+/// socket (`connect-src 'self'` covers `ws:`/`wss:` to the same host in CSP 3), and forbids framing
+/// (clickjacking), `<base>`, plugins and form submission (both forms are handled by script).
 pub const PAGE_HEADERS: &str = "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
-    Content-Security-Policy: frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'none'\r\n";
+    Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'\r\n";
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     Page,
+    /// `/client.js`, `/client.css`, `/favicon.ico`: the page's parts.
+    Script,
+    Style,
+    Favicon,
     Health,
     Metrics,
     /// `/messages[?limit=N]`.
@@ -97,6 +112,9 @@ pub fn route_with<'a>(path: &'a str, query: Option<&'a str>, routes: Routes) -> 
     let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
     match (segs.next(), segs.next(), segs.next(), segs.next()) {
         (Some(""), None, _, _) => Route::Page,
+        (Some("client.js"), None, _, _) => Route::Script,
+        (Some("client.css"), None, _, _) => Route::Style,
+        (Some("favicon.ico"), None, _, _) => Route::Favicon,
         (Some("healthz"), None, _, _) => Route::Health,
         (Some("metrics"), None, _, _) => Route::Metrics,
         (Some("messages"), None, _, _) => Route::Messages { limit: limit() },
