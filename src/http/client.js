@@ -12,7 +12,9 @@
   // ---- elements ------------------------------------------------------------
   const $ = (id) => document.getElementById(id);
   const el = {
-    joinForm: $("join-form"), name: $("name"), room: $("room"), join: $("join"), leave: $("leave"),
+    joinForm: $("join-form"), name: $("name"), room: $("room"), join: $("join"), cancel: $("cancel"),
+    roombar: $("roombar"), roombarRoom: $("roombar-room"), roombarName: $("roombar-name"),
+    switchRoom: $("switch"), leave: $("leave"), onlineCount: $("online-count"),
     sendForm: $("send-form"), message: $("message"), send: $("send"),
     log: $("messages"), online: $("online"),
     status: $("status"), statusText: $("status-text"), statusDetail: $("status-detail"),
@@ -79,7 +81,23 @@
     countdownTimer = null;
     const open = state === "online";
     el.send.disabled = !open;
-    el.leave.hidden = !wanted;
+  }
+
+  // Once joined, the join form folds away: the room bar says where one is, and switching rooms
+  // or leaving are its explicit actions. "Switch room" opens the form again (with Cancel).
+  function showForm(show) {
+    el.joinForm.hidden = !show;
+    el.cancel.hidden = !wanted;
+    el.roombar.hidden = show || !wanted;
+    if (wanted) {
+      el.roombarRoom.textContent = wanted.room;
+      el.roombarName.textContent = myName || wanted.name;
+    }
+  }
+
+  function setTtl(ms) {
+    ttlMs = ms;
+    el.log.dataset.empty = "Messages disappear " + Math.round(ms / 1000) + " s after they are sent.";
   }
 
   function showCountdown() {
@@ -105,6 +123,7 @@
   function remove(entry) {
     clearTimeout(entry.timer);
     if (entry.anim) entry.anim.cancel();
+    if (entry.lifeAnim) entry.lifeAnim.cancel();
     entry.el.remove();
     entries.delete(entry);
     if (entry.id != null && byId.get(entry.id) === entry) byId.delete(entry.id);
@@ -121,6 +140,14 @@
     if (entry.el.animate) {
       entry.anim = entry.el.animate([{ opacity: 1 }, { opacity: 0 }],
         { duration: fade, delay: remaining - fade, fill: "forwards", easing: "linear" });
+    }
+    if (entry.life && entry.life.animate) {
+      // The bar shows the share of its life left, from the moment it is drawn.
+      if (entry.lifeAnim) entry.lifeAnim.cancel();
+      const left = Math.min(1, remaining / ttlMs);
+      entry.lifeAnim = entry.life.animate(
+        [{ transform: "scaleX(" + left + ")" }, { transform: "scaleX(0)" }],
+        { duration: remaining, fill: "forwards", easing: "linear" });
     }
     entry.timer = setTimeout(() => remove(entry), remaining);
   }
@@ -161,9 +188,15 @@
     const body = document.createElement("div");
     body.className = "content";
     body.textContent = String(ev.content ?? "");              // text, never HTML
-    div.append(meta, body);
+    const life = document.createElement("div");
+    life.className = "life";
+    life.setAttribute("aria-hidden", "true");
+    const bar = document.createElement("span");
+    life.append(bar);
+    div.title = "disappears at " + timeFmt.format(new Date(expires + skew));
+    div.append(meta, body, life);
 
-    const entry = { el: div, at, expires, id: Number.isFinite(id) ? id : null };
+    const entry = { el: div, at, expires, id: Number.isFinite(id) ? id : null, life: bar, meta };
     if (entry.id != null) {
       byId.set(entry.id, entry);
       if (lastId == null || entry.id > lastId) lastId = entry.id;
@@ -181,6 +214,20 @@
     insert({ el: div, at, expires: at + ttlMs, id: null });
   }
 
+  function markStale() {
+    for (const e of entries) {
+      if (e.id == null || e.stale) continue;
+      e.stale = true;
+      e.el.classList.add("stale");
+      e.el.title += " (no longer held by the server)";
+      const note = document.createElement("span");
+      note.className = "stale-note";
+      note.textContent = "no longer held by the server";
+      e.meta.append(note);
+    }
+    byId.clear();
+  }
+
   function clearAll() {
     for (const e of [...entries]) remove(e);
     byId.clear();
@@ -188,6 +235,7 @@
 
   // ---- online list ---------------------------------------------------------
   function renderUsers() {
+    el.onlineCount.textContent = String(users.length);
     const sorted = [...users].sort((a, b) => (a === myName ? -1 : b === myName ? 1 : a.localeCompare(b)));
     el.online.replaceChildren(...sorted.map((u) => {
       const li = document.createElement("li");
@@ -291,15 +339,16 @@
     welcomed = true;
     everWelcomed = true;
     attempt = 0;
-    if (Number.isFinite(Number(ev.ttl_s)) && Number(ev.ttl_s) > 0) ttlMs = Number(ev.ttl_s) * 1000;
+    if (Number.isFinite(Number(ev.ttl_s)) && Number(ev.ttl_s) > 0) setTtl(Number(ev.ttl_s) * 1000);
     myName = String(ev.client_id ?? wanted.name);
     myNames.add(myName);
     const newEpoch = ev.epoch == null ? null : String(ev.epoch);
     const recovered = ev.recovered !== false;
     if (!recovered || newEpoch !== epoch) {
-      // Ids from another epoch mean nothing now, and a gap cannot be placed:
-      // the log becomes this history.
-      clearAll();
+      // Ids from another epoch mean nothing now, and a gap cannot be placed. What is shown
+      // stays until its own expiry, marked as no longer held by the server (after a restart
+      // the server has none of it); the history of the new epoch follows it.
+      markStale();
       lastId = null;
     }
     epoch = newEpoch;
@@ -314,6 +363,7 @@
     el.roomTitle.textContent = "· " + room;
     document.title = room + " · Wisp";
     setStatus("online", "online as " + myName);
+    el.roombarName.textContent = myName;
   }
 
   function join(room, name) {
@@ -337,6 +387,7 @@
     q.set("room", room);
     q.delete("name");
     history.replaceState(null, "", "?" + q.toString());
+    showForm(false);
     connect();
   }
 
@@ -350,6 +401,12 @@
     setStatus("offline", "offline");
     el.roomTitle.textContent = "";
     document.title = "Wisp";
+    showForm(true);
+    // Left on purpose: a reload does not join again.
+    const q = new URLSearchParams(location.search);
+    q.delete("room");
+    history.replaceState(null, "", q.toString() ? "?" + q.toString() : location.pathname);
+    el.name.focus();
   }
 
   // ---- UI wiring -----------------------------------------------------------
@@ -359,6 +416,12 @@
     el.message.focus();
   });
   el.leave.addEventListener("click", leave);
+  el.switchRoom.addEventListener("click", () => {
+    showForm(true);
+    el.room.select();
+    el.room.focus();
+  });
+  el.cancel.addEventListener("click", () => { showForm(false); el.message.focus(); });
 
   el.sendForm.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -377,14 +440,21 @@
     el.message.value = "";
   });
 
-  // Prefill from ?room=&name= (name falls back to the last one used);
-  // join at once when both are given.
+  // Prefill from ?room=&name= (name falls back to the last one used). Join at once when both
+  // are known: ?room= with ?name= or the saved name, so a reload of a joined page rejoins by
+  // itself (join keeps ?room= in the address; leaving removes it).
   const q = new URLSearchParams(location.search);
   let savedName = "";
   try { savedName = localStorage.getItem("wisp.name") || ""; } catch {}
   el.room.value = q.get("room") || "";
   el.name.value = q.get("name") || savedName;
   setStatus("offline", "offline");
-  if (q.get("room") && q.get("name")) join(q.get("room"), q.get("name"));
+  showForm(true);
+  if (el.room.value.trim() && el.name.value.trim()) join(el.room.value, el.name.value);
   else (el.name.value ? el.room : el.name).focus();
+  // The history's lifetime, for the empty log's text before joining.
+  fetch("/rooms/general/messages?limit=1", { headers: { Accept: "application/json" } })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((v) => { if (v && Number(v.ttl_s) > 0 && !everWelcomed) setTtl(Number(v.ttl_s) * 1000); })
+    .catch(() => {});
 })();
