@@ -272,6 +272,23 @@ pub(crate) fn presence_list<'u>(
     })
 }
 
+/// `{"type":"typing","room_id","client_id","timestamp"}`: `client_id` is typing (never stored).
+pub(crate) fn typing(
+    pool: &mut FramePool,
+    room_id: &str,
+    client_id: &str,
+    at: Micros,
+) -> EventFrame {
+    let times = pool.times;
+    pool.build(|out| {
+        out.extend_from_slice(br#"{"type":"typing","room_id":"#);
+        push_json_str(out, room_id);
+        out.extend_from_slice(br#","client_id":"#);
+        push_json_str(out, client_id);
+        push_timestamp_field(out, at, times);
+    })
+}
+
 /// `,"timestamp":"…"}`: the last field of the room events.
 fn push_timestamp_field(out: &mut Vec<u8>, at: Micros, times: TimeForm) {
     out.extend_from_slice(br#","timestamp":""#);

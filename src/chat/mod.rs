@@ -85,6 +85,11 @@ pub const HISTORY_PAGE_MESSAGES: usize = 1000;
 /// A single message larger than this is still sent, alone.
 pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
 
+/// At most one `typing` signal of a member is relayed per this interval (2 s); the rest are
+/// dropped and counted. Clients show a signal for a few seconds, so one every 2 s keeps an
+/// indicator lit while someone types, and a script sending thousands costs the room nothing.
+pub const TYPING_INTERVAL: Micros = 2 * MICROS_PER_SEC;
+
 /// Room of [`HISTORY_PAGE_BYTES`] kept for the answer's fields besides its messages (`room_id` is at
 /// most 64 characters).
 const PAGE_HEAD_BYTES: usize = 512;
@@ -297,6 +302,10 @@ pub struct Chat {
     /// Messages dropped to stay within `history_max_bytes` (`wisp_history_dropped_total`).
     budget_dropped_total: u64,
     rate_limited_total: u64,
+    /// `typing` signals relayed, and dropped by [`TYPING_INTERVAL`] (`wisp_typing_total`,
+    /// `wisp_typing_limited_total`).
+    typing_total: u64,
+    typing_limited_total: u64,
     /// The buckets of `--rate-limit-per-ip`.
     addresses: AddressBuckets,
     /// Cluster mode: the last global-channel sequence number stored, to skip repeats.
@@ -343,6 +352,8 @@ impl Chat {
             expired_total: 0,
             budget_dropped_total: 0,
             rate_limited_total: 0,
+            typing_total: 0,
+            typing_limited_total: 0,
             cluster_global_seq: 0,
             frames: FramePool::default(),
             vocabulary: Vocabulary::Wisp,
@@ -741,6 +752,61 @@ impl Chat {
             return Checked::Ignored;
         }
         Checked::Accept(content)
+    }
+
+    /// A `typing` signal from member `m` of room `key`: a JSON object whose `type` is `"typing"`
+    /// (and without `content`). `None` when `text` is not one (then it is a chat message, for
+    /// [`Chat::post`]); `Some(None)` when it is one but is dropped (within [`TYPING_INTERVAL`] of
+    /// the member's last relayed one, a stale key, a non-member, or `--compat fastapi`, whose
+    /// clients know no such event); `Some(Some(event))` for every other member of the room. Never
+    /// stored, and not counted against the chat rate limits.
+    pub fn typing(
+        &mut self,
+        key: RoomKey,
+        m: MemberId,
+        text: &str,
+        now: Micros,
+    ) -> Option<Option<EventFrame>> {
+        #[derive(Deserialize)]
+        struct Signal<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+            content: Option<serde::de::IgnoredAny>,
+        }
+        if self.vocabulary != Vocabulary::Wisp
+            || !text.trim_start().starts_with('{')
+            || !text.contains("typing")
+        {
+            return None;
+        }
+        match serde_json::from_str::<Signal<'_>>(text) {
+            Ok(s) if s.kind == "typing" && s.content.is_none() => {}
+            _ => return None,
+        }
+        let Some(room) = self.rooms.get_mut(key) else {
+            return Some(None);
+        };
+        let Some(member) = room.presence.get_mut(m) else {
+            return Some(None);
+        };
+        if member.typed_at != 0 && now < member.typed_at.saturating_add(TYPING_INTERVAL) {
+            self.typing_limited_total += 1;
+            return Some(None);
+        }
+        member.typed_at = now.max(1);
+        self.typing_total += 1;
+        let event = events::typing(&mut self.frames, &room.name, &member.name, now);
+        Some(Some(event))
+    }
+
+    /// `typing` signals relayed so far (`wisp_typing_total`).
+    pub fn typing_total(&self) -> u64 {
+        self.typing_total
+    }
+
+    /// `typing` signals dropped for coming within [`TYPING_INTERVAL`] (`wisp_typing_limited_total`).
+    pub fn typing_limited_total(&self) -> u64 {
+        self.typing_limited_total
     }
 
     /// The storing half of [`Chat::post`]: `content` (already checked) gets the next local id and is

@@ -152,6 +152,9 @@ pub(crate) struct RoomMember {
     pub(crate) bucket: Option<TokenBucket>,
     /// The peer address, for `--rate-limit-per-ip`.
     pub(crate) ip: IpAddr,
+    /// When this member's last `typing` signal was relayed (0: never), to relay at most one per
+    /// [`super::TYPING_INTERVAL`].
+    pub(crate) typed_at: super::Micros,
 }
 
 /// The members of one room, in join order.
@@ -199,9 +202,12 @@ impl RoomPresence {
         };
         self.names.insert(name.clone());
         self.order.push(m);
-        self.members
-            .entry(m)
-            .or_insert(RoomMember { name, bucket, ip })
+        self.members.entry(m).or_insert(RoomMember {
+            name,
+            bucket,
+            ip,
+            typed_at: 0,
+        })
     }
 
     /// Cluster mode: adds `m` under `name`, already de-duplicated by the cluster. Should the name be in
@@ -220,9 +226,12 @@ impl RoomPresence {
         let name: Box<str> = name.into();
         self.names.insert(name.clone());
         self.order.push(m);
-        self.members
-            .entry(m)
-            .or_insert(RoomMember { name, bucket, ip })
+        self.members.entry(m).or_insert(RoomMember {
+            name,
+            bucket,
+            ip,
+            typed_at: 0,
+        })
     }
 
     /// The name of member `m`, if it is one.

@@ -1468,3 +1468,50 @@ fn demo_channel_lines() {
     assert!(c.demo_leave(MemberId(1)).is_none(), "nobody left to tell");
     assert!(c.demo_members().is_empty());
 }
+
+// --- typing signals
+
+#[test]
+fn typing_is_relayed_at_most_every_interval_and_never_stored() {
+    let mut c = chat_with(
+        1000,
+        Some(RateLimit {
+            tokens: 1,
+            per_secs: 60,
+        }),
+    );
+    let a = join(&mut c, "r", "alice", 1, T0);
+    join(&mut c, "r", "bob", 2, T0);
+    let signal = r#"{"type":"typing"}"#;
+    let event = c.typing(a.key, MemberId(1), signal, T0).unwrap().unwrap();
+    assert_eq!(
+        parse(&event),
+        json!({"type": "typing", "room_id": "r", "client_id": "alice",
+               "timestamp": "2026-11-21T10:00:00.000000Z"})
+    );
+    // Within the interval: dropped and counted; after it: relayed again.
+    assert_eq!(c.typing(a.key, MemberId(1), signal, T0 + S).unwrap(), None);
+    assert!(c
+        .typing(a.key, MemberId(1), signal, T0 + TYPING_INTERVAL)
+        .unwrap()
+        .is_some());
+    assert_eq!((c.typing_total(), c.typing_limited_total()), (2, 1));
+    // Not a chat message: nothing stored, and the chat rate limit (1 message) is untouched.
+    assert_eq!(sizes(&c).1, 0);
+    assert!(matches!(
+        c.post(a.key, MemberId(1), "hi", T0),
+        Post::Broadcast { .. }
+    ));
+    // What is not a typing signal is left to `post`.
+    for text in [
+        r#"{"type":"typing","content":"x"}"#,
+        "typing",
+        r#"{"content":"typing"}"#,
+    ] {
+        assert_eq!(c.typing(a.key, MemberId(1), text, T0), None, "{text}");
+    }
+    // The seed rooms app has no such event.
+    let mut compat = compat_chat();
+    let k = join(&mut compat, "r", "alice", 1, T0).key;
+    assert_eq!(compat.typing(k, MemberId(1), signal, T0), None);
+}

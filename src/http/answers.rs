@@ -162,6 +162,8 @@ fn gauges(view: &View<'_>) -> Gauges {
         history_dropped: view.chat.history_dropped_total(),
         messages_expired: view.chat.expired_total(),
         rate_limited: view.chat.rate_limited_total(),
+        typing: view.chat.typing_total(),
+        typing_limited: view.chat.typing_limited_total(),
         uptime_s: view.uptime_s,
         outbound_bytes_pending: view.transport.outbound_bytes_pending,
         connections_paused: view.transport.connections_paused,

@@ -8,6 +8,8 @@
   const FADE_SHARE = 0.25;         // fade over the last quarter of a message's life
   const MAX_SEND_BYTES = 60000;    // the server closes with 1009 above 64 KiB
   const CONNECT_TIMEOUT_MS = 10000; // no welcome by then: drop the attempt and retry
+  const TYPING_EVERY_MS = 2000;    // the server relays at most one typing signal per 2 s
+  const TYPING_SHOW_MS = 4000;     // how long "… is typing" stays after a signal
 
   // ---- elements ------------------------------------------------------------
   const $ = (id) => document.getElementById(id);
@@ -18,7 +20,7 @@
     sendForm: $("send-form"), message: $("message"), send: $("send"),
     log: $("messages"), online: $("online"),
     status: $("status"), statusText: $("status-text"), statusDetail: $("status-detail"),
-    roomTitle: $("room-title"),
+    roomTitle: $("room-title"), typing: $("typing"),
   };
 
   // ---- state ---------------------------------------------------------------
@@ -35,6 +37,8 @@
   let retryTimer = null, retryAt = 0, countdownTimer = null;
   let users = [];
   const byId = new Map();      // message id -> entry (messages of the current epoch)
+  const typers = new Map();    // name -> when its "is typing" ends (ms)
+  let typingTimer = null, typingSentAt = 0;
   const entries = new Set();   // every entry in the log (messages, join/leave lines, notices)
 
   // Clock offset: local time minus server time, estimated from live events
@@ -233,6 +237,23 @@
     byId.clear();
   }
 
+  // ---- typing --------------------------------------------------------------
+  function renderTyping() {
+    const now = Date.now();
+    for (const [name, until] of typers) if (until <= now) typers.delete(name);
+    const names = [...typers.keys()];
+    el.typing.textContent = names.length === 0 ? ""
+      : names.length === 1 ? names[0] + " is typing…"
+      : names.length === 2 ? names[0] + " and " + names[1] + " are typing…"
+      : names.length + " people are typing…";
+    clearTimeout(typingTimer);
+    if (names.length) typingTimer = setTimeout(renderTyping, Math.min(...typers.values()) - now + 10);
+  }
+
+  function stopTyping(name) {
+    if (typers.delete(name)) renderTyping();
+  }
+
   // ---- online list ---------------------------------------------------------
   function renderUsers() {
     el.onlineCount.textContent = String(users.length);
@@ -309,7 +330,16 @@
     if (!ev || typeof ev !== "object") return;
     switch (ev.type) {
       case "welcome": return onWelcome(ev);
-      case "message": noteSkew(parseTs(ev.timestamp)); return addMessage(ev);
+      case "message":
+        noteSkew(parseTs(ev.timestamp));
+        stopTyping(String(ev.client_id ?? ""));
+        return addMessage(ev);
+      case "typing": {
+        const who = String(ev.client_id ?? "");
+        if (!who || myNames.has(who)) return;
+        typers.set(who, Date.now() + TYPING_SHOW_MS);
+        return renderTyping();
+      }
       case "join": {
         const at = parseTs(ev.timestamp);
         noteSkew(at);
@@ -323,6 +353,7 @@
         const who = String(ev.client_id ?? "");
         const i = users.indexOf(who);
         if (i >= 0) { users.splice(i, 1); renderUsers(); }
+        stopTyping(who);
         return addLine("leave", who + " left", at);
       }
       case "error": {
@@ -381,6 +412,8 @@
     attempt = 0;
     users = [];
     renderUsers();
+    typers.clear();
+    renderTyping();
     clearAll();
     try { localStorage.setItem("wisp.name", name); } catch {}
     const q = new URLSearchParams(location.search);
@@ -422,6 +455,15 @@
     el.room.focus();
   });
   el.cancel.addEventListener("click", () => { showForm(false); el.message.focus(); });
+
+  // Tell the room one is typing: at most one signal per TYPING_EVERY_MS, none for an empty field.
+  el.message.addEventListener("input", () => {
+    if (!el.message.value.trim() || !ws || ws.readyState !== WebSocket.OPEN || !welcomed) return;
+    const now = Date.now();
+    if (now - typingSentAt < TYPING_EVERY_MS) return;
+    typingSentAt = now;
+    ws.send(JSON.stringify({ type: "typing" }));
+  });
 
   el.sendForm.addEventListener("submit", (e) => {
     e.preventDefault();

@@ -407,6 +407,16 @@ impl Server {
     /// Applies one text message from an open connection.
     fn on_text(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, endpoint: Endpoint, text: &str) {
         let m = member(conn);
+        // A `typing` signal goes to the room's other members on this node (at most one per member
+        // per `chat::TYPING_INTERVAL`), never stored nor sent through the cluster.
+        if let Endpoint::Room(room) = endpoint {
+            if let Some(relay) = self.chat.typing(room, m, text, io.wall()) {
+                if let Some(event) = relay {
+                    self.broadcast_room(io, room, &event, Some(m));
+                }
+                return;
+            }
+        }
         let clustered = self.cluster.as_ref().is_some_and(|c| c.up);
         match endpoint {
             Endpoint::Echo => io.send_frame(conn, OpCode::Text, text.as_bytes()),

@@ -193,3 +193,23 @@ test('the page\'s parts and icon are served under its CSP, with no violation on 
   assert.match(csp, /connect-src 'self'/);
   assert.deepEqual(problems, []);
 });
+
+test('someone typing is shown to the others for a few seconds, and not to the typist', async () => {
+  const vp = VIEWPORTS[1];
+  const room = `typing-${process.pid}`;
+  const alice = await newPage(vp, 'typing-alice');
+  const bob = await newPage(vp, 'typing-bob');
+  for (const [page, name] of [[alice, 'alice'], [bob, 'bob']]) {
+    await page.goto(daemon.url('/'));
+    await joinAs(page, name, room);
+  }
+  await bob.getByRole('textbox', { name: 'Message', exact: true }).pressSequentially('hel');
+  await eventually(async () => assert.equal(await alice.locator('#typing').textContent(), 'bob is typing…'),
+    { what: 'the typing line' });
+  assert.equal(await bob.locator('#typing').textContent(), '', 'not shown to the typist');
+  // It goes when the message comes.
+  await bob.getByRole('textbox', { name: 'Message', exact: true }).press('Enter');
+  await eventually(async () => assert.equal(await alice.locator('#typing').textContent(), ''),
+    { what: 'the typing line to go' });
+  for (const page of [alice, bob]) await page.context().close();
+});
