@@ -259,6 +259,9 @@ pub struct Joined {
     /// until that is done: those are in the history too, so the joiner gets every message once, in
     /// order.
     pub catch_up: Option<u64>,
+    /// False when the joiner is another tab of someone already in the room (same name and token,
+    /// [`Chat::join_with_token`]): then nobody is told, `join_event` is not for sending.
+    pub announce: bool,
 }
 
 /// What [`Chat::catch_up`] returns: the next stored `message` events for a joiner.
@@ -586,12 +589,35 @@ impl Chat {
         resume: Resume<'_>,
         now: Micros,
     ) -> Joined {
+        self.join_with_token(room, client, None, m, ip, resume, now)
+    }
+
+    /// [`Chat::join`], with the per-browser `token` of the upgrade URL (`?token=`): when a member
+    /// called `client` is in the room with the same token, `m` is another tab of that person. It
+    /// shares the name (no `alice#2`), the room's `users` list it once, and nobody is told it came
+    /// ([`Joined::announce`]) or, while another of its tabs is open, that it left.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_with_token(
+        &mut self,
+        room: &str,
+        client: &str,
+        token: Option<&str>,
+        m: MemberId,
+        ip: IpAddr,
+        resume: Resume<'_>,
+        now: Micros,
+    ) -> Joined {
         let room_name = names::sanitize_name(room, names::DEFAULT_ROOM);
         let wanted = names::sanitize_name(client, names::DEFAULT_CLIENT);
         let bucket = self.new_bucket(now);
         let (key, room) = self.rooms.open(&room_name);
-        let name = room.presence.join(m, wanted, bucket, ip).name.to_string();
-        self.welcome(key, name, resume, now)
+        let (member, new_person) =
+            room.presence
+                .join_with_token(m, wanted, token.filter(|t| !t.is_empty()), bucket, ip);
+        let name = member.name.to_string();
+        let mut joined = self.welcome(key, name, resume, now);
+        joined.announce = new_person;
+        joined
     }
 
     /// The `welcome` for `name`, who has just joined `key`, with its history chosen by the recovery
@@ -641,6 +667,7 @@ impl Chat {
             welcome,
             join_event,
             catch_up,
+            announce: true,
         }
     }
 
@@ -672,7 +699,8 @@ impl Chat {
     /// `m` leaves the room `key`.
     ///
     /// Returns the `leave` event for the remaining members ([`Chat::room_members`], read after this call);
-    /// `None` if `m` was not a member (or `key` is stale) or nobody is left to tell. A room with nobody in
+    /// `None` if `m` was not a member (or `key` is stale), nobody is left to tell, or `m` was one of
+    /// several tabs of one person ([`Chat::join_with_token`]) and another is still here. A room with nobody in
     /// it and nothing retained is freed here, which makes `key` stale; one that still holds messages is
     /// freed by [`Chat::expire_room`] when the last one expires.
     pub fn leave(&mut self, key: RoomKey, m: MemberId, now: Micros) -> Option<EventFrame> {
@@ -681,6 +709,9 @@ impl Chat {
         if room.is_vacant() {
             self.rooms.free(key);
             return None;
+        }
+        if room.presence.has_name(&gone.name) {
+            return None; // another tab of the same person is still here
         }
         (!room.presence.is_empty()).then(|| {
             events::presence(

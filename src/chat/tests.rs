@@ -1515,3 +1515,53 @@ fn typing_is_relayed_at_most_every_interval_and_never_stored() {
     let k = join(&mut compat, "r", "alice", 1, T0).key;
     assert_eq!(compat.typing(k, MemberId(1), signal, T0), None);
 }
+
+// --- one presence per person
+
+#[test]
+fn two_tabs_of_one_person_are_one_entry_and_leave_once() {
+    let mut c = chat();
+    let tab = |c: &mut Chat, name: &str, token: Option<&str>, m: u64| {
+        c.join_with_token("r", name, token, MemberId(m), IP, Resume::default(), T0)
+    };
+    let a1 = tab(&mut c, "alice", Some("tok-a"), 1);
+    assert!(a1.announce);
+    tab(&mut c, "bob", Some("tok-b"), 2);
+    let a2 = tab(&mut c, "alice", Some("tok-a"), 3);
+    assert_eq!(a2.name, "alice", "the same person keeps the name");
+    assert!(!a2.announce, "nobody is told about a second tab");
+    assert_eq!(parse(&a2.welcome)["users"], json!(["alice", "bob"]));
+    // Another browser (another token, or none) asking for the name is someone else.
+    let other = tab(&mut c, "alice", Some("tok-x"), 4);
+    assert_eq!((other.name.as_str(), other.announce), ("alice#2", true));
+    let none = tab(&mut c, "alice", None, 5);
+    assert_eq!(none.name, "alice#3");
+    assert_eq!(
+        c.rooms_json(T0),
+        r#"{"rooms":[{"room_id":"r","users":4,"messages":0}]}"#
+    );
+    // Closing the first tab says nothing (the second takes its place); closing the last one
+    // announces the leave.
+    assert!(c.leave(a1.key, MemberId(1), T0).is_none());
+    let users = |c: &Chat| {
+        c.rooms
+            .get(a1.key)
+            .unwrap()
+            .users()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // The second tab, which joined before alice#2, holds the place now.
+    assert_eq!(users(&c), ["bob", "alice", "alice#2", "alice#3"]);
+    let left = c
+        .leave(a1.key, MemberId(3), T0)
+        .expect("the last tab's leave");
+    assert_eq!(parse(&left)["client_id"], "alice");
+    // The name is free again.
+    assert_eq!(tab(&mut c, "alice", None, 6).name, "alice");
+    // A second tab closing first says nothing either.
+    let b2 = tab(&mut c, "bob", Some("tok-b"), 7);
+    assert!(!b2.announce);
+    assert!(c.leave(b2.key, MemberId(7), T0).is_none());
+    assert!(c.leave(b2.key, MemberId(2), T0).is_some());
+}

@@ -269,14 +269,32 @@
   }
 
   // ---- connection ----------------------------------------------------------
+  // A per-browser token, kept in localStorage and sent with every join: two tabs of this browser
+  // under one name are one person to the room (one entry in Online, no leave while one is open).
+  function browserToken() {
+    try {
+      let t = localStorage.getItem("wisp.token");
+      if (!t) {
+        const bytes = crypto.getRandomValues(new Uint8Array(12));
+        t = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+        localStorage.setItem("wisp.token", t);
+      }
+      return t;
+    } catch { return ""; }
+  }
+  const token = browserToken();
+
   function wsUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    let url = scheme + "//" + location.host + "/ws/" +
-      encodeURIComponent(wanted.room) + "/" + encodeURIComponent(wanted.name);
+    const q = new URLSearchParams();
     if (everWelcomed && epoch != null && lastId != null) {
-      url += "?since=" + encodeURIComponent(lastId) + "&epoch=" + encodeURIComponent(epoch);
+      q.set("since", String(lastId));
+      q.set("epoch", epoch);
     }
-    return url;
+    if (token) q.set("token", token);
+    const query = q.toString();
+    return scheme + "//" + location.host + "/ws/" +
+      encodeURIComponent(wanted.room) + "/" + encodeURIComponent(wanted.name) + (query ? "?" + query : "");
   }
 
   function connect() {

@@ -62,6 +62,9 @@ pub enum Route<'a> {
         client: &'a str,
         since: Option<u64>,
         epoch: Option<String>,
+        /// `?token=`, percent-decoded: the page's per-browser token, so that two tabs of one
+        /// person are one entry in the room.
+        token: Option<String>,
     },
     /// `/ws/{client_id}` under `--compat fastapi`: the FastAPI documentation example's chat; the raw
     /// segment.
@@ -134,6 +137,9 @@ pub fn route_with<'a>(path: &'a str, query: Option<&'a str>, routes: Routes) -> 
             epoch: query
                 .and_then(|q| query_param(q, "epoch"))
                 .map(|e| percent_decode(e).into_owned()),
+            token: query
+                .and_then(|q| query_param(q, "token"))
+                .map(|t| percent_decode(t).chars().take(64).collect()),
         },
         _ => Route::NotFound,
     }
@@ -229,7 +235,8 @@ mod tests {
                 room: "a%20b",
                 client: "bob",
                 since: Some(5),
-                epoch: Some("e-1".into())
+                epoch: Some("e-1".into()),
+                token: None,
             }
         );
         assert_eq!(

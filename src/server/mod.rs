@@ -56,6 +56,7 @@ pub enum Opening {
         client: String,
         since: Option<u64>,
         epoch: Option<String>,
+        token: Option<String>,
     },
     /// `/ws/{client_id}`, percent-decoded, not yet cleaned.
     Demo {
@@ -190,11 +191,13 @@ impl Service for Server {
                     client,
                     since,
                     epoch,
+                    token,
                 } => Opening::Room {
                     room: http::percent_decode(room).into_owned(),
                     client: http::percent_decode(client).into_owned(),
                     since,
                     epoch,
+                    token,
                 },
                 Route::Demo { client } => Opening::Demo {
                     client: http::percent_decode(client).into_owned(),
@@ -244,15 +247,19 @@ impl Service for Server {
                 client,
                 since,
                 epoch,
+                token,
             } => {
                 if let Some(c) = self.cluster.as_mut().filter(|c| c.up) {
                     // The cluster de-duplicates the name; `welcome` waits for its answer.
                     c.begin_join(m, peer, &room, &client, since, epoch);
                     return Endpoint::Joining;
                 }
-                let joined = self.chat.join(
+                // Two tabs of one person (same name and token) are one entry: local only, the
+                // cluster de-duplicates names in Redis, token or not.
+                let joined = self.chat.join_with_token(
                     &room,
                     &client,
+                    token.as_deref(),
                     m,
                     peer,
                     Resume {
@@ -262,14 +269,16 @@ impl Service for Server {
                     io.wall(),
                 );
                 self.greet(io, conn, &joined, since);
-                self.announce(
-                    io,
-                    joined.key,
-                    Presence::Join,
-                    &joined.name,
-                    &joined.join_event,
-                    m,
-                );
+                if joined.announce {
+                    self.announce(
+                        io,
+                        joined.key,
+                        Presence::Join,
+                        &joined.name,
+                        &joined.join_event,
+                        m,
+                    );
+                }
                 Endpoint::Room(joined.key)
             }
         }

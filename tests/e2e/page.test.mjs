@@ -213,3 +213,34 @@ test('someone typing is shown to the others for a few seconds, and not to the ty
     { what: 'the typing line to go' });
   for (const page of [alice, bob]) await page.context().close();
 });
+
+test('two tabs of one person are one entry in Online, and closing one announces nothing', async () => {
+  const vp = VIEWPORTS[0];
+  const room = `tabs-${process.pid}`;
+  const bob = await newPage(vp, 'tabs-bob');
+  await bob.goto(daemon.url('/'));
+  await joinAs(bob, 'bob', room);
+  // Two pages of one browser context share localStorage, so the token: two tabs.
+  const tab1 = await newPage(vp, 'tabs-alice-1');
+  await tab1.goto(daemon.url('/'));
+  await joinAs(tab1, 'alice', room);
+  const tab2 = await tab1.context().newPage();
+  tab2.on('pageerror', (err) => problems.push(`tabs-alice-2: ${err.message}`));
+  await tab2.goto(daemon.url(`/?room=${room}`));   // the saved name: it joins by itself
+  await eventually(async () => assert.match(await status(tab2), /online as alice$/), { what: 'the second tab online' });
+  const names = async (page) => (await page.getByRole('list', { name: 'Online' }).getByRole('listitem')
+    .allTextContents()).map((s) => s.replace(/\s*\(you\)\s*$/, '')).sort();
+  for (const page of [bob, tab1, tab2]) {
+    await eventually(async () => assert.deepEqual(await names(page), ['alice', 'bob']), { what: 'one alice' });
+  }
+  await tab1.close();
+  await sleep(500);
+  const log = bob.getByRole('log', { name: 'Messages' });
+  assert.equal(await log.getByText('alice left').count(), 0, 'no leave while a tab is open');
+  assert.deepEqual(await names(bob), ['alice', 'bob']);
+  await say(tab2, 'from the other tab');
+  await eventually(async () => assert.equal(await msg(bob, 'from the other tab').count(), 1));
+  await tab2.context().close();
+  await eventually(async () => assert.equal(await log.getByText('alice left').count(), 1), { what: 'the leave' });
+  await bob.context().close();
+});
