@@ -131,8 +131,9 @@ pub struct ServeArgs {
 /// `--compat`: whose protocol the daemon speaks besides its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compat {
-    /// The FastAPI seed apps: the rooms app's `system`/`presence` events and content rule, and the
-    /// documentation example's `/ws/{client_id}` channel.
+    // The FastAPI seed apps: the rooms app's `system`/`presence` events and content rule, and the
+    // documentation example's `/ws/{client_id}` channel. (A `//` comment: a doc comment here would
+    // become help text of its own and switch `--help` to its long, multi-line layout.)
     Fastapi,
 }
 
