@@ -8,7 +8,12 @@
 #   install-deps, build (release, all targets), fmt, clippy, cargo tests
 #   (nextest, else cargo test), python clients (tests/py), node clients
 #   (tests/node), e2e browser tests (tests/e2e, when present), autobahn
-#   (tests/autobahn/run.sh).
+#   (tests/autobahn/run.sh), fuzz (scripts/fuzz.sh), then a check that the
+#   tested binary is the one `cargo run --release` runs (nothing rebuilds).
+#
+# A step that had nothing to do (no ../shared/autobahn3, no nightly for
+# cargo-fuzz) writes why to $WISP_SKIP_FILE and exits 0: the summary then
+# says "skipped (why)", not "ok".
 #
 # Every process a step starts is in that step's process group, and the group
 # is ended when the step ends or this script is interrupted.
@@ -85,18 +90,26 @@ step() {
   fi
   echo
   echo "==> [$name] $*"
-  local t0 rc
+  local t0 rc skip_file
   t0=$(date +%s)
+  skip_file=$(mktemp)
   # setsid: the step and everything it starts get their own process group,
   # so cleanup can end stray servers or browsers by the group's id.
-  setsid "$@" </dev/null &
+  WISP_SKIP_FILE="$skip_file" setsid "$@" </dev/null &
   step_pid=$!
   wait "$step_pid"
   rc=$?
   # A finished step may have left children behind (a server a test forgot).
   cleanup
   local dt=$(($(date +%s) - t0))
-  if [[ $rc -eq 0 ]]; then
+  local why
+  why=$(head -n 1 "$skip_file" 2>/dev/null)
+  rm -f "$skip_file"
+  if [[ $rc -eq 0 && -n "$why" ]]; then
+    echo "<== [$name] skipped: $why"
+    results+=("$(printf '%-10s skipped (%s)' "$name" "$why")")
+    skipped=$((skipped + 1))
+  elif [[ $rc -eq 0 ]]; then
     echo "<== [$name] ok in $(fmt_secs $dt)"
     results+=("$(printf '%-10s ok      %s' "$name" "$(fmt_secs $dt)")")
     passed=$((passed + 1))
@@ -147,6 +160,21 @@ step autobahn bash tests/autobahn/run.sh
 # Bounded fuzzing of the request and frame parsers (skips with a notice
 # where no nightly toolchain or cargo-fuzz is installed).
 step fuzz bash scripts/fuzz.sh "${WISP_FUZZ_SECONDS:-30}"
+
+# The binary the tests ran (target/release/wisp, built by the build step) must
+# be the one `cargo run --release` runs: with resolver 2 (Cargo.toml), the
+# dev-dependencies' features are not unified into it, so nothing rebuilds.
+# `cargo build -v` prints `Fresh` for what it reuses and `Compiling` for
+# what it rebuilds.
+no_rebuild='out=$(cargo build --release --locked --bin wisp -v 2>&1) || { echo "$out"; exit 1; }
+if grep -E "^ *(Compiling|Dirty) " <<<"$out"; then
+  echo "cargo run --release would rebuild the tested binary (above)"
+  exit 1
+fi
+echo "target/release/wisp is fresh: cargo run --release runs the tested binary"'
+if [[ -z "${WISP_TEST_BIN:-}" ]]; then
+  step no-rebuild bash -c "$no_rebuild"
+fi
 
 summary
 exit 0

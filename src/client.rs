@@ -6,6 +6,8 @@
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::protocol::client::{check_response, encode_masked, request, MaskRng};
 use crate::protocol::close::write_close_payload;
@@ -58,6 +60,9 @@ pub fn run(url: &str) -> Result<(), String> {
     eprintln!("connected to {url}; type a line and press enter to send, ctrl-d to quit");
 
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    // Set when stdin ended and we sent our close: the server's close is then its answer to ours.
+    let we_closed = Arc::new(AtomicBool::new(false));
+    let closing = Arc::clone(&we_closed);
     let sender = std::thread::spawn(move || {
         let mut rng = MaskRng::from_os();
         let mut out = Vec::new();
@@ -71,6 +76,7 @@ pub fn run(url: &str) -> Result<(), String> {
         }
         let mut payload = [0u8; 125];
         let n = write_close_payload(CloseCode::Normal, "bye", &mut payload);
+        closing.store(true, Ordering::SeqCst);
         out.clear();
         encode_masked(&mut out, OpCode::Close, &payload[..n], rng.mask());
         let _ = writer.write_all(&out);
@@ -78,6 +84,7 @@ pub fn run(url: &str) -> Result<(), String> {
 
     let mut ws = WebSocket::new(Role::Client, 64 << 20);
     let stdout = io::stdout();
+    let mut reported = false;
     'outer: loop {
         loop {
             let (n, event) = ws
@@ -97,10 +104,13 @@ pub fn run(url: &str) -> Result<(), String> {
                 }
                 Some(Event::Pong(_)) => {}
                 Some(Event::Close { code, reason }) => {
-                    eprintln!(
-                        "closed by server: {} {reason}",
-                        code.map_or(1005, CloseCode::as_u16)
-                    );
+                    let code = code.map_or(1005, CloseCode::as_u16);
+                    if we_closed.load(Ordering::SeqCst) {
+                        eprintln!("end of input: closed the connection ({code})");
+                    } else {
+                        eprintln!("closed by server: {code} {reason}");
+                    }
+                    reported = true;
                     break 'outer;
                 }
                 None => {}
@@ -115,6 +125,13 @@ pub fn run(url: &str) -> Result<(), String> {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+    if !reported {
+        if we_closed.load(Ordering::SeqCst) {
+            eprintln!("end of input: closed the connection");
+        } else {
+            eprintln!("the server closed the connection without a close frame");
+        }
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
     drop(sender);

@@ -84,7 +84,8 @@ pub struct ServeArgs {
         long,
         env = "WISP_BIND",
         default_value = "127.0.0.1:8000",
-        value_name = "ADDR"
+        value_name = "ADDR",
+        value_parser = parse_bind
     )]
     pub bind: SocketAddr,
     /// Seconds a message is kept (and shown).
@@ -196,9 +197,23 @@ pub struct ServeArgs {
     /// File holding the server API key (`Authorization: Bearer`); without it /api/ answers 404.
     #[arg(long, env = "WISP_API_KEY_FILE", value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
+    /// Speak another application's protocol, so that its own clients work unchanged: `fastapi`
+    /// (the seed rooms app's events in rooms, and the FastAPI documentation example's
+    /// `/ws/{client_id}`). Default: Wisp's own.
+    #[arg(long, env = "WISP_COMPAT", value_name = "MODE", value_enum)]
+    pub compat: Option<Compat>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "WISP_LOG", default_value = "info", value_name = "LEVEL", value_parser = parse_level)]
     pub log: log::LevelFilter,
+}
+
+/// `--compat`: whose protocol the daemon speaks besides its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compat {
+    // The FastAPI seed apps: the rooms app's `system`/`presence` events and content rule, and the
+    // documentation example's `/ws/{client_id}` channel. (A `//` comment: a doc comment here would
+    // become help text of its own and switch `--help` to its long, multi-line layout.)
+    Fastapi,
 }
 
 /// `--rate-limit` as parsed: `None` when turned off with `0`.
@@ -227,6 +242,93 @@ fn parse_rate_limit(s: &str) -> Result<RateOption, String> {
         return Err("count and window are at most 1000000 each".into());
     }
     Ok(RateOption(Some(RateLimit { tokens, per_secs })))
+}
+
+/// `--bind`: `IP:PORT`, saying what is missing when the port is.
+fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = s.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        let example = SocketAddr::new(ip, 8000);
+        return Err(format!(
+            "a port is needed: IP:PORT, e.g. {example} (port 0 picks a free one)"
+        ));
+    }
+    Err("expected IP:PORT, e.g. 127.0.0.1:8000 or [::]:8000 (an address, not a host name)".into())
+}
+
+/// `--allowed-origin`: an origin as browsers send it, `scheme://host[:port]`, with no path, query
+/// or credentials (a trailing `/` is tolerated). Returns why not, in words.
+fn check_origin_value(o: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return Err(
+            "expected an origin, scheme://host[:port], e.g. https://chat.example.com".into(),
+        );
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(format!("'{scheme}' is not a URL scheme (http, https, ...)"));
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err("an origin has no path, query or fragment: scheme://host[:port] only".into());
+    }
+    if rest.contains('@') {
+        return Err("an origin has no user name or password".into());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err("the host is missing".into());
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().is_err() {
+            return Err(format!("'{p}' is not a port (0-65535)"));
+        }
+    }
+    Ok(())
+}
+
+/// `--redis`: a URL the `redis` crate can connect with, or why not, in words.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("expected a URL, redis://HOST[:PORT][/DB], e.g. redis://127.0.0.1:6379".into());
+    };
+    match scheme {
+        "redis" => {}
+        "rediss" => return Err("TLS (rediss://) is not supported: use redis://".into()),
+        "unix" | "redis+unix" => {}
+        _ => return Err(format!("the scheme is '{scheme}': use redis://HOST[:PORT]")),
+    }
+    if scheme == "redis" {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, Some(p)),
+            _ => (host_port, None),
+        };
+        if host.is_empty() {
+            return Err("the host is missing: redis://HOST[:PORT]".into());
+        }
+        if let Some(p) = port {
+            if p.parse::<u16>().is_err() {
+                return Err(format!("'{p}' is not a port (0-65535)"));
+            }
+        }
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| format!("not a Redis URL the client accepts ({e})"))
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -268,6 +370,8 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// `--api-key-file`'s contents.
     pub api_key: Option<Secret>,
+    /// `--compat`: `None` speaks Wisp's own protocol only.
+    pub compat: Option<Compat>,
     pub log: log::LevelFilter,
     /// Lines to log at `warn` once logging is up (a value adjusted to what the machine allows).
     pub warnings: Vec<String>,
@@ -290,7 +394,10 @@ impl ServeArgs {
             ));
         }
         if let Some(url) = &self.redis {
-            redis::Client::open(url.as_str()).map_err(|e| format!("--redis {url}: {e}"))?;
+            check_redis_url(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        }
+        for origin in &self.allowed_origins {
+            check_origin_value(origin).map_err(|e| format!("--allowed-origin {origin}: {e}"))?;
         }
         let auth = match self.auth {
             AuthMode::Open => None,
@@ -376,6 +483,7 @@ impl ServeArgs {
             auth,
             metrics_token,
             api_key,
+            compat: self.compat,
             log: self.log,
             warnings,
         })
@@ -468,6 +576,17 @@ mod tests {
         assert_eq!(c.welcome_history_bytes, 256 << 10);
         assert!(c.echo);
         assert!(c.max_connections > 0);
+        assert_eq!(c.compat, None);
+    }
+
+    #[test]
+    fn compat_modes() {
+        assert_eq!(
+            parse(&["--compat", "fastapi"]).unwrap().compat,
+            Some(Compat::Fastapi)
+        );
+        let err = parse(&["--compat", "django"]).unwrap_err();
+        assert!(err.contains("--compat"), "{err}");
     }
 
     #[test]
@@ -527,9 +646,79 @@ mod tests {
             (&["--history-max-bytes", "-5"], "--history-max-bytes"),
             (&["--welcome-history-bytes", "0"], "--welcome-history-bytes"),
             (&["--rate-limit-per-ip", "3"], "--rate-limit-per-ip"),
+            (&["--allowed-origin", "example.com"], "--allowed-origin"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(name), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn bind_without_a_port_says_a_port_is_needed() {
+        for addr in ["127.0.0.1", "::1", "[::1]", "0.0.0.0"] {
+            let err = parse(&["--bind", addr]).unwrap_err();
+            assert!(
+                err.contains("--bind") && err.contains("a port is needed"),
+                "{addr}: {err}"
+            );
+        }
+        let err = parse(&["--bind", "localhost:8000"]).unwrap_err();
+        assert!(err.contains("expected IP:PORT"), "{err}");
+        assert_eq!(
+            parse(&["--bind", "[::1]:0"]).unwrap().bind,
+            "[::1]:0".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn allowed_origins_must_look_like_origins() {
+        let ok = parse(&[
+            "--allowed-origin",
+            "https://chat.example.com",
+            "--allowed-origin",
+            "http://127.0.0.1:8000/",
+            "--allowed-origin",
+            "http://[::1]:8000",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.allowed_origins,
+            [
+                "https://chat.example.com",
+                "http://127.0.0.1:8000",
+                "http://[::1]:8000"
+            ]
+        );
+        for (bad, why) in [
+            ("chat.example.com", "expected an origin"),
+            ("https://chat.example.com/app", "no path"),
+            ("https://chat.example.com?x=1", "no path, query"),
+            ("https://user@chat.example.com", "no user name"),
+            ("https://", "host is missing"),
+            ("https://chat.example.com:http", "not a port"),
+            ("1http://x", "not a URL scheme"),
+        ] {
+            let err = parse(&["--allowed-origin", bad]).unwrap_err();
+            assert!(
+                err.contains("--allowed-origin") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_redis_urls_say_what_is_wrong() {
+        for (bad, why) in [
+            ("not a url", "expected a URL"),
+            ("127.0.0.1:6379", "expected a URL"),
+            ("http://127.0.0.1:6379", "the scheme is 'http'"),
+            ("rediss://h:6379", "TLS"),
+            ("redis://h:port", "'port' is not a port"),
+            ("redis://:6379", "host is missing"),
+        ] {
+            let err = parse(&["--redis", bad]).unwrap_err();
+            assert!(err.contains("--redis") && err.contains(why), "{bad}: {err}");
+        }
+        assert!(parse(&["--redis", "redis://127.0.0.1:6379/0"]).is_ok());
     }
 }

@@ -18,8 +18,7 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            eprintln!("{}", one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -77,4 +76,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's error in one line (SPEC §2): its first line, which for a missing argument ("the
+/// following required arguments were not provided:") lacks the arguments, so those are named.
+fn one_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        if let Some(ContextValue::Strings(missing)) = e.get(ContextKind::InvalidArg) {
+            let usage = match e.get(ContextKind::Usage) {
+                Some(ContextValue::StyledStr(u)) => {
+                    let u = u.to_string();
+                    format!(" ({})", u.trim().trim_start_matches("Usage:").trim())
+                }
+                _ => String::new(),
+            };
+            return format!("error: missing {}{usage}", missing.join(", "));
+        }
+    }
+    let text = e.to_string();
+    text.lines()
+        .next()
+        .unwrap_or("error: bad arguments")
+        .to_owned()
 }

@@ -58,6 +58,9 @@ pub struct Gauges {
     pub history_dropped: u64,
     pub messages_expired: u64,
     pub rate_limited: u64,
+    /// `typing` signals relayed, and dropped for coming too often.
+    pub typing: u64,
+    pub typing_limited: u64,
     pub uptime_s: u64,
     pub outbound_bytes_pending: usize,
     pub connections_paused: usize,
@@ -181,6 +184,18 @@ impl Metrics {
             "counter",
             "Connections closed with 4001 because their token expired.",
             self.auth_expired.to_string(),
+        );
+        metric(
+            "wisp_typing_total",
+            "counter",
+            "Typing signals relayed to a room (never stored).",
+            g.typing.to_string(),
+        );
+        metric(
+            "wisp_typing_limited_total",
+            "counter",
+            "Typing signals dropped: more than one per 2 s from a member.",
+            g.typing_limited.to_string(),
         );
         metric(
             "wisp_slow_consumers_total",

@@ -103,3 +103,52 @@ fn terminal_client_reports_a_refused_handshake() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn terminal_client_says_it_closed_at_end_of_input() {
+    let server = Server::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["client", &server.ws_url("/ws/lobby/alice")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("end of input: closed the connection"), "{err}");
+    assert!(!err.contains("closed by server"), "{err}");
+}
+
+#[test]
+fn terminal_client_without_a_url_names_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .arg("client")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("<URL>"), "{err}");
+}
+
+#[test]
+fn bad_options_say_what_is_wrong_in_one_line() {
+    for (args, want) in [
+        (&["--bind", "127.0.0.1"][..], "a port is needed"),
+        (&["--allowed-origin", "example.com"], "scheme://host[:port]"),
+        (&["--redis", "redis//127.0.0.1"], "expected a URL"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -496,3 +496,63 @@ fn a_server_api_message_reaches_every_node_with_a_shared_id() {
     );
     let _ = std::fs::remove_file(&key_file);
 }
+
+/// `--compat fastapi` on two nodes: the seed rooms app's `system` line and `presence` list reach
+/// both nodes' members, with the cluster-wide list, and no frame a member gets lacks `content`
+/// (but `presence`).
+#[test]
+fn compat_fastapi_presence_across_nodes() {
+    let Some(redis) = Redis::start("compat_fastapi_presence_across_nodes") else {
+        return;
+    };
+    let ns = nodes(&redis, 2, &["--compat", "fastapi"]);
+    let drawable = |e: &Value| {
+        assert!(
+            e["type"] == "presence" || e["content"].as_str().is_some_and(|c| !c.is_empty()),
+            "the rooms client would draw an empty card for {e}"
+        );
+    };
+    let mut alice = Client::connect(&ns[0], "/ws/cx/alice");
+    let line = alice.next_of("system");
+    assert_eq!(line["content"], "alice joined cx.");
+    assert_eq!(
+        alice.next_of("presence")["users"],
+        serde_json::json!(["alice"])
+    );
+    alice.send(r#"{"content":"from node 0"}"#);
+    let msg = alice.next_of("message");
+    assert_eq!(msg["content"], "from node 0");
+    assert!(
+        msg["timestamp"].as_str().unwrap().ends_with("+00:00"),
+        "{msg}"
+    );
+
+    let mut bob = Client::connect(&ns[1], "/ws/cx/bob");
+    // Bob: the history as a message, then his own join, with everyone in the cluster.
+    let got: Vec<Value> = (0..3).map(|_| bob.next().expect("an event")).collect();
+    for e in &got {
+        drawable(e);
+    }
+    assert_eq!(got[0]["content"], "from node 0", "{got:?}");
+    assert_eq!(got[1]["content"], "bob joined cx.", "{got:?}");
+    let mut users: Vec<String> = serde_json::from_value(got[2]["users"].clone()).unwrap();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+    // Alice, on the other node, sees the same pair.
+    let e = alice.next().expect("bob's join line");
+    drawable(&e);
+    assert_eq!(e["content"], "bob joined cx.");
+    assert_eq!(
+        alice.next_of("presence")["users"].as_array().unwrap().len(),
+        2
+    );
+
+    bob.close();
+    let e = alice.next().expect("bob's leave line");
+    drawable(&e);
+    assert_eq!(e["content"], "bob left cx.");
+    assert_eq!(
+        alice.next_of("presence")["users"],
+        serde_json::json!(["alice"])
+    );
+}

@@ -11,11 +11,11 @@
 
 use serde::Serialize;
 
-use super::time::{rfc3339_bytes, unix_seconds};
+use super::time::{isoformat_bytes, rfc3339_bytes, unix_seconds};
 use super::Micros;
 use crate::protocol::frame::SharedFrame;
 
-pub(crate) use super::frames::FramePool;
+pub(crate) use super::frames::{FramePool, TimeForm};
 
 /// Why a room or global message was refused; the `code` of an `error` event (SPEC §4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +104,7 @@ pub(crate) fn message(
     content: &str,
     at: Micros,
 ) -> EventFrame {
+    let times = pool.times;
     pool.build(|out| {
         out.extend_from_slice(br#"{"type":"message","id":"#);
         push_u64(out, id);
@@ -113,7 +114,7 @@ pub(crate) fn message(
         push_json_str(out, client_id);
         out.extend_from_slice(br#","content":"#);
         push_json_str(out, content);
-        push_timestamp_field(out, at);
+        push_timestamp_field(out, at, times);
     })
 }
 
@@ -125,6 +126,7 @@ pub(crate) fn presence(
     client_id: &str,
     at: Micros,
 ) -> EventFrame {
+    let times = pool.times;
     pool.build(|out| {
         out.extend_from_slice(match kind {
             Presence::Join => br#"{"type":"join","room_id":"#,
@@ -133,14 +135,71 @@ pub(crate) fn presence(
         push_json_str(out, room_id);
         out.extend_from_slice(br#","client_id":"#);
         push_json_str(out, client_id);
-        push_timestamp_field(out, at);
+        push_timestamp_field(out, at, times);
+    })
+}
+
+/// `{"type":"system","room_id","client_id":"system","content","timestamp"}`: a line the seed rooms
+/// app's client draws as a card (`--compat fastapi`), in the field order of its `event()`.
+pub(crate) fn system(pool: &mut FramePool, room_id: &str, content: &str, at: Micros) -> EventFrame {
+    let times = pool.times;
+    pool.build(|out| {
+        out.extend_from_slice(br#"{"type":"system","room_id":"#);
+        push_json_str(out, room_id);
+        out.extend_from_slice(br#","client_id":"system","content":"#);
+        push_json_str(out, content);
+        push_timestamp_field(out, at, times);
+    })
+}
+
+/// `{"type":"presence","users":[...],"timestamp"}`: the seed rooms app's online list
+/// (`--compat fastapi`). As long as the room's list of names: O(members).
+pub(crate) fn presence_list<'u>(
+    pool: &mut FramePool,
+    users: impl Iterator<Item = &'u str>,
+    at: Micros,
+) -> EventFrame {
+    let times = pool.times;
+    pool.build(|out| {
+        out.extend_from_slice(br#"{"type":"presence","users":["#);
+        for (i, name) in users.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_json_str(out, name);
+        }
+        out.push(b']');
+        push_timestamp_field(out, at, times);
+    })
+}
+
+/// `{"type":"typing","room_id","client_id","timestamp"}`: `client_id` is typing (never stored).
+pub(crate) fn typing(
+    pool: &mut FramePool,
+    room_id: &str,
+    client_id: &str,
+    at: Micros,
+) -> EventFrame {
+    let times = pool.times;
+    pool.build(|out| {
+        out.extend_from_slice(br#"{"type":"typing","room_id":"#);
+        push_json_str(out, room_id);
+        out.extend_from_slice(br#","client_id":"#);
+        push_json_str(out, client_id);
+        push_timestamp_field(out, at, times);
     })
 }
 
 /// `,"timestamp":"…"}`: the last field of the room events.
-fn push_timestamp_field(out: &mut Vec<u8>, at: Micros) {
+fn push_timestamp_field(out: &mut Vec<u8>, at: Micros, times: TimeForm) {
     out.extend_from_slice(br#","timestamp":""#);
-    out.extend_from_slice(&rfc3339_bytes(at));
+    match times {
+        TimeForm::Rfc3339 => out.extend_from_slice(&rfc3339_bytes(at)),
+        TimeForm::Python => {
+            let (bytes, len) = isoformat_bytes(at);
+            out.extend_from_slice(&bytes[..len]);
+        }
+    }
     out.extend_from_slice(br#""}"#);
 }
 
@@ -237,6 +296,32 @@ pub(crate) fn error(code: ErrorCode, message: &str) -> String {
         kind: "error",
         code: code.as_str(),
         message,
+    })
+}
+
+#[derive(Serialize)]
+struct CompatErrorEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    message: &'a str,
+    client_id: &'static str,
+    content: &'a str,
+    timestamp: &'a str,
+}
+
+/// An `error` event that the seed rooms app's client can draw (`--compat fastapi`): it draws every
+/// event but `presence` as a card of `content` by `client_id`, so the error carries its text there
+/// too, from `system`, with a timestamp in Python's form.
+pub(crate) fn compat_error(code: ErrorCode, message: &str, at: Micros) -> String {
+    let (bytes, len) = isoformat_bytes(at);
+    to_json(&CompatErrorEvent {
+        kind: "error",
+        code: code.as_str(),
+        message,
+        client_id: "system",
+        content: message,
+        timestamp: std::str::from_utf8(&bytes[..len]).expect("bug: timestamp is not ASCII"),
     })
 }
 

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use crate::protocol::frame::{FrameBuf, OpCode, SharedFrame};
 
 use super::events::EventFrame;
+use super::Vocabulary;
 
 /// Smallest and largest pooled buffer sizes: 128 B to 4 KiB, in powers of two. Larger frames get a
 /// buffer of their own size and are not pooled.
@@ -26,6 +27,28 @@ static ZEROS: [u8; POOL_MAX] = [0; POOL_MAX];
 pub(crate) struct FramePool {
     buf: FrameBuf,
     free: [Vec<Rc<[u8]>>; POOL_CLASSES],
+    /// How the room events written here spell their `timestamp`.
+    pub(crate) times: TimeForm,
+}
+
+/// How a room event spells its `timestamp`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum TimeForm {
+    /// RFC 3339 UTC with microseconds, `2026-11-21T10:00:00.123456Z` (SPEC §4.2).
+    #[default]
+    Rfc3339,
+    /// Python's `datetime.isoformat()`, `2026-11-21T10:00:00.123456+00:00`, as the seed rooms app
+    /// writes it (`--compat fastapi`).
+    Python,
+}
+
+impl From<Vocabulary> for TimeForm {
+    fn from(v: Vocabulary) -> TimeForm {
+        match v {
+            Vocabulary::Wisp => TimeForm::Rfc3339,
+            Vocabulary::FastApi => TimeForm::Python,
+        }
+    }
 }
 
 impl FramePool {

@@ -46,7 +46,7 @@ impl Chat {
         let conn = bucket.zip(self.cfg.rate_limit.as_ref());
         match ratelimit::admit(conn, &mut self.addresses, ip, now) {
             Verdict::Admit => Ok(()),
-            Verdict::Refuse { by, tell } => Err(self.refused(by, tell)),
+            Verdict::Refuse { by, tell } => Err(self.refused(by, tell, now)),
         }
     }
 

@@ -14,6 +14,7 @@
 //! - `history`: retained messages, ids, `?since=` recovery, `--history-max`, expiry.
 //! - `budget`: the post order across every history, for `--history-max-bytes`.
 //! - `events`: the JSON events and views.
+//! - `compat`: `--compat fastapi`, the seed apps' vocabulary.
 //! - `frames`: the pool of shared frame buffers events are written into.
 //! - `global`: the global channel `/ws`.
 //! - `views`: the HTTP views, paged.
@@ -44,6 +45,7 @@
 //! bucket refill.
 
 mod budget;
+mod compat;
 mod events;
 mod frames;
 mod global;
@@ -65,6 +67,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use budget::{Order, Source};
+use compat::fastapi_content;
 use events::{ErrorCode, FramePool, Welcome};
 use history::{Held, Pushed, Removed, Stamped, Timeline};
 use presence::GlobalPresence;
@@ -92,6 +95,11 @@ pub const HISTORY_PAGE_MESSAGES: usize = 1000;
 /// a pipelined client could ask for it over and over; beyond this the answer says `"more":true`.
 /// A single message larger than this is still sent, alone.
 pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
+
+/// At most one `typing` signal of a member is relayed per this interval (2 s); the rest are
+/// dropped and counted. Clients show a signal for a few seconds, so one every 2 s keeps an
+/// indicator lit while someone types, and a script sending thousands costs the room nothing.
+pub const TYPING_INTERVAL: Micros = 2 * MICROS_PER_SEC;
 
 /// Room of [`HISTORY_PAGE_BYTES`] kept for the answer's fields besides its messages (`room_id` is at
 /// most 64 characters).
@@ -155,6 +163,18 @@ pub struct Resume<'a> {
     pub epoch: Option<&'a str>,
 }
 
+/// Which application's events the rooms speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Vocabulary {
+    /// Wisp's own (SPEC §4.2): `welcome`, `message`, `join`, `leave`, `error`.
+    #[default]
+    Wisp,
+    /// `--compat fastapi`: the seed rooms app's (`system` lines and `presence` lists instead of
+    /// `welcome`, `join` and `leave`; Python timestamps; its content rule), and the FastAPI
+    /// documentation example's `/ws/{client_id}` channel. See docs/protocol.md, "Compatibility mode".
+    FastApi,
+}
+
 /// The outcome of a text message on the global channel.
 #[derive(Debug, PartialEq, Eq)]
 pub enum GlobalPost {
@@ -211,6 +231,27 @@ pub enum Checked<'a> {
     Ignored,
 }
 
+/// The outcome of a text message on the FastAPI example channel (`/ws/{client_id}`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum DemoPost {
+    /// Send `own` (`You wrote: TEXT`) to the sender, then `all` (`Client #ID says: TEXT`) to every
+    /// [`Chat::demo_members`], the sender included, as the example does.
+    Broadcast {
+        /// The sender's own line.
+        own: String,
+        /// The line for everyone.
+        all: EventFrame,
+    },
+    /// Over the rate limit: dropped; send `error` (plain text, which is all that client shows) to
+    /// the sender.
+    RateLimited {
+        /// The text to send.
+        error: String,
+    },
+    /// Over the rate limit again, and already told: dropped silently.
+    Dropped,
+}
+
 /// The outcome of [`Chat::join`].
 #[derive(Debug)]
 pub struct Joined {
@@ -218,7 +259,8 @@ pub struct Joined {
     pub key: RoomKey,
     /// The name in use (cleaned and de-duplicated).
     pub name: String,
-    /// The `welcome` event JSON, the joiner's first frame.
+    /// The `welcome` event JSON, the joiner's first frame; empty under [`Vocabulary::FastApi`],
+    /// where the joiner gets its history through [`Chat::catch_up`] instead.
     pub welcome: String,
     /// The `join` event, for every other member (`room_members` minus the joiner).
     pub join_event: EventFrame,
@@ -228,6 +270,9 @@ pub struct Joined {
     /// until that is done: those are in the history too, so the joiner gets every message once, in
     /// order.
     pub catch_up: Option<u64>,
+    /// False when the joiner is another tab of someone already in the room (same name and token,
+    /// [`Chat::join_with_token`]): then nobody is told, `join_event` is not for sending.
+    pub announce: bool,
 }
 
 /// What [`Chat::catch_up`] returns: the next stored `message` events for a joiner.
@@ -271,12 +316,22 @@ pub struct Chat {
     /// Messages dropped to stay within `history_max_bytes` (`wisp_history_dropped_total`).
     budget_dropped_total: u64,
     rate_limited_total: u64,
+    /// `typing` signals relayed, and dropped by [`TYPING_INTERVAL`] (`wisp_typing_total`,
+    /// `wisp_typing_limited_total`).
+    typing_total: u64,
+    typing_limited_total: u64,
     /// The buckets of `--rate-limit-per-ip`.
     addresses: AddressBuckets,
     /// Cluster mode: the last global-channel sequence number stored, to skip repeats.
     cluster_global_seq: u64,
     /// Where room events and global messages are framed, into buffers the histories give back.
     frames: FramePool,
+    /// The rooms' vocabulary: Wisp's own, or `--compat fastapi`.
+    vocabulary: Vocabulary,
+    /// The FastAPI example channel `/ws/{client_id}` (`--compat fastapi` only).
+    demo_members: GlobalPresence,
+    /// The `client_id` of each [`Chat::demo_members`], from its path.
+    demo_names: presence::IdMap<Box<str>>,
 }
 
 /// A room message that is a JSON object; only `content` matters, other fields are ignored.
@@ -311,9 +366,44 @@ impl Chat {
             expired_total: 0,
             budget_dropped_total: 0,
             rate_limited_total: 0,
+            typing_total: 0,
+            typing_limited_total: 0,
             cluster_global_seq: 0,
             frames: FramePool::default(),
+            vocabulary: Vocabulary::Wisp,
+            demo_members: GlobalPresence::default(),
+            demo_names: presence::IdMap::default(),
         }
+    }
+
+    /// The chat speaking `vocabulary` in its rooms (the default is [`Vocabulary::Wisp`]).
+    pub fn with_vocabulary(mut self, vocabulary: Vocabulary) -> Chat {
+        self.vocabulary = vocabulary;
+        self.frames.times = vocabulary.into();
+        self
+    }
+
+    /// The rooms' vocabulary.
+    pub fn vocabulary(&self) -> Vocabulary {
+        self.vocabulary
+    }
+
+    /// An `error` event in the rooms' vocabulary.
+    fn error_event(&self, code: ErrorCode, text: &str, now: Micros) -> String {
+        match self.vocabulary {
+            Vocabulary::Wisp => events::error(code, text),
+            Vocabulary::FastApi => events::compat_error(code, text, now),
+        }
+    }
+
+    /// The `error` a client gets for a text sent before its cluster join was answered, over the
+    /// number kept meanwhile.
+    pub fn joining_overflow_error(&self, now: Micros) -> String {
+        self.error_event(
+            ErrorCode::RateLimited,
+            "too many messages before welcome",
+            now,
+        )
     }
 
     fn new_bucket(&self, now: Micros) -> Option<TokenBucket> {
@@ -323,26 +413,25 @@ impl Chat {
             .map(|l| TokenBucket::full(l, now))
     }
 
-    fn rate_limit_error(&self, by: Limit) -> String {
+    fn rate_limit_text(&self, by: Limit) -> String {
         let (limit, from) = match by {
             Limit::Connection => (self.cfg.rate_limit.as_ref(), ""),
             Limit::Address => (self.addresses.limit(), " from one address"),
         };
-        let text = match limit {
+        match limit {
             Some(l) => format!(
                 "rate limit exceeded: at most {} messages per {} s{from}",
                 l.tokens, l.per_secs
             ),
             None => "rate limit exceeded".to_owned(),
-        };
-        events::error(ErrorCode::RateLimited, &text)
+        }
     }
 
     /// The answer to a refused message: `Some(error)` the first time its bucket refuses since it last
     /// admitted one, `None` (drop silently) after that. Counted either way.
-    fn refused(&mut self, by: Limit, tell: bool) -> Option<String> {
+    fn refused(&mut self, by: Limit, tell: bool, now: Micros) -> Option<String> {
         self.rate_limited_total += 1;
-        tell.then(|| self.rate_limit_error(by))
+        tell.then(|| self.error_event(ErrorCode::RateLimited, &self.rate_limit_text(by), now))
     }
 
     /// Accounts for a push into the history `source` (what `--history-max` dropped, and the message
@@ -435,12 +524,35 @@ impl Chat {
         resume: Resume<'_>,
         now: Micros,
     ) -> Joined {
+        self.join_with_token(room, client, None, m, ip, resume, now)
+    }
+
+    /// [`Chat::join`], with the per-browser `token` of the upgrade URL (`?token=`): when a member
+    /// called `client` is in the room with the same token, `m` is another tab of that person. It
+    /// shares the name (no `alice#2`), the room's `users` list it once, and nobody is told it came
+    /// ([`Joined::announce`]) or, while another of its tabs is open, that it left.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_with_token(
+        &mut self,
+        room: &str,
+        client: &str,
+        token: Option<&str>,
+        m: MemberId,
+        ip: IpAddr,
+        resume: Resume<'_>,
+        now: Micros,
+    ) -> Joined {
         let room_name = names::sanitize_name(room, names::DEFAULT_ROOM);
         let wanted = names::sanitize_name(client, names::DEFAULT_CLIENT);
         let bucket = self.new_bucket(now);
         let (key, room) = self.rooms.open(&room_name);
-        let name = room.presence.join(m, wanted, bucket, ip).name.to_string();
-        self.welcome(key, name, resume, now)
+        let (member, new_person) =
+            room.presence
+                .join_with_token(m, wanted, token.filter(|t| !t.is_empty()), bucket, ip);
+        let name = member.name.to_string();
+        let mut joined = self.welcome(key, name, resume, now);
+        joined.announce = new_person;
+        joined
     }
 
     /// The `welcome` for `name`, who has just joined `key`, with its history chosen by the recovery
@@ -465,18 +577,24 @@ impl Chat {
         let catch_up = cut
             .then(|| owed.clone().nth(count - 1).map(|e| e.item.id))
             .flatten();
-        let welcome = events::welcome(
-            Welcome {
-                room_id: &room.name,
-                client_id: &name,
-                users: room.users(),
-                ttl_s: self.cfg.ttl_secs,
-                epoch: &room.epoch,
-                recovered: recovery.recovered,
-                history_complete: catch_up.is_none(),
-            },
-            owed.take(count).map(|e| e.item.event.text()),
-        );
+        // The seed rooms app has no `welcome`: its joiner gets the history as `message` events
+        // (through `catch_up`) and the room's `presence`, which the server sends.
+        let welcome = if self.vocabulary == Vocabulary::FastApi {
+            String::new()
+        } else {
+            events::welcome(
+                Welcome {
+                    room_id: &room.name,
+                    client_id: &name,
+                    users: room.users(),
+                    ttl_s: self.cfg.ttl_secs,
+                    epoch: &room.epoch,
+                    recovered: recovery.recovered,
+                    history_complete: catch_up.is_none(),
+                },
+                owed.take(count).map(|e| e.item.event.text()),
+            )
+        };
         let join_event = events::presence(&mut self.frames, Presence::Join, &room.name, &name, now);
         Joined {
             key,
@@ -484,6 +602,7 @@ impl Chat {
             welcome,
             join_event,
             catch_up,
+            announce: true,
         }
     }
 
@@ -515,7 +634,8 @@ impl Chat {
     /// `m` leaves the room `key`.
     ///
     /// Returns the `leave` event for the remaining members ([`Chat::room_members`], read after this call);
-    /// `None` if `m` was not a member (or `key` is stale) or nobody is left to tell. A room with nobody in
+    /// `None` if `m` was not a member (or `key` is stale), nobody is left to tell, or `m` was one of
+    /// several tabs of one person ([`Chat::join_with_token`]) and another is still here. A room with nobody in
     /// it and nothing retained is freed here, which makes `key` stale; one that still holds messages is
     /// freed by [`Chat::expire_room`] when the last one expires.
     pub fn leave(&mut self, key: RoomKey, m: MemberId, now: Micros) -> Option<EventFrame> {
@@ -524,6 +644,9 @@ impl Chat {
         if room.is_vacant() {
             self.rooms.free(key);
             return None;
+        }
+        if room.presence.has_name(&gone.name) {
+            return None; // another tab of the same person is still here
         }
         (!room.presence.is_empty()).then(|| {
             events::presence(
@@ -572,12 +695,16 @@ impl Chat {
         if let Verdict::Refuse { by, tell } =
             ratelimit::admit(conn, &mut self.addresses, Some(member.ip), now)
         {
-            return match self.refused(by, tell) {
+            return match self.refused(by, tell, now) {
                 Some(error) => Checked::Reply { error },
                 None => Checked::Ignored,
             };
         }
-        let Some(content) = room_content(text) else {
+        let content = match self.vocabulary {
+            Vocabulary::Wisp => room_content(text),
+            Vocabulary::FastApi => Some(fastapi_content(text)),
+        };
+        let Some(content) = content else {
             return Checked::Reply {
                 error: events::error(ErrorCode::BadRequest, BAD_REQUEST_TEXT),
             };
@@ -591,6 +718,61 @@ impl Chat {
             return Checked::Ignored;
         }
         Checked::Accept(content)
+    }
+
+    /// A `typing` signal from member `m` of room `key`: a JSON object whose `type` is `"typing"`
+    /// (and without `content`). `None` when `text` is not one (then it is a chat message, for
+    /// [`Chat::post`]); `Some(None)` when it is one but is dropped (within [`TYPING_INTERVAL`] of
+    /// the member's last relayed one, a stale key, a non-member, or `--compat fastapi`, whose
+    /// clients know no such event); `Some(Some(event))` for every other member of the room. Never
+    /// stored, and not counted against the chat rate limits.
+    pub fn typing(
+        &mut self,
+        key: RoomKey,
+        m: MemberId,
+        text: &str,
+        now: Micros,
+    ) -> Option<Option<EventFrame>> {
+        #[derive(Deserialize)]
+        struct Signal<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+            content: Option<serde::de::IgnoredAny>,
+        }
+        if self.vocabulary != Vocabulary::Wisp
+            || !text.trim_start().starts_with('{')
+            || !text.contains("typing")
+        {
+            return None;
+        }
+        match serde_json::from_str::<Signal<'_>>(text) {
+            Ok(s) if s.kind == "typing" && s.content.is_none() => {}
+            _ => return None,
+        }
+        let Some(room) = self.rooms.get_mut(key) else {
+            return Some(None);
+        };
+        let Some(member) = room.presence.get_mut(m) else {
+            return Some(None);
+        };
+        if member.typed_at != 0 && now < member.typed_at.saturating_add(TYPING_INTERVAL) {
+            self.typing_limited_total += 1;
+            return Some(None);
+        }
+        member.typed_at = now.max(1);
+        self.typing_total += 1;
+        let event = events::typing(&mut self.frames, &room.name, &member.name, now);
+        Some(Some(event))
+    }
+
+    /// `typing` signals relayed so far (`wisp_typing_total`).
+    pub fn typing_total(&self) -> u64 {
+        self.typing_total
+    }
+
+    /// `typing` signals dropped for coming within [`TYPING_INTERVAL`] (`wisp_typing_limited_total`).
+    pub fn typing_limited_total(&self) -> u64 {
+        self.typing_limited_total
     }
 
     /// The storing half of [`Chat::post`]: `content` (already checked) gets the next local id and is

@@ -152,6 +152,15 @@ pub(crate) struct RoomMember {
     pub(crate) bucket: Option<TokenBucket>,
     /// The peer address, for `--rate-limit-per-ip`.
     pub(crate) ip: IpAddr,
+    /// When this member's last `typing` signal was relayed (0: never), to relay at most one per
+    /// [`super::TYPING_INTERVAL`].
+    pub(crate) typed_at: super::Micros,
+    /// The per-browser token of the upgrade URL (`?token=`): a later connection asking for this
+    /// member's name with the same token is the same person in another tab.
+    pub(crate) token: Option<Box<str>>,
+    /// Another tab of a person already here: it shares the name, is not listed in `users`, and
+    /// its coming and going tell the room nothing.
+    pub(crate) tab: bool,
 }
 
 /// The members of one room, in join order.
@@ -170,6 +179,8 @@ pub(crate) struct RoomPresence {
     names: HashSet<Box<str>>,
     /// Suffix pools of the base names that collided, dropped once idle (see [`names::SuffixPool`]).
     suffixes: HashMap<Box<str>, names::SuffixPool>,
+    /// Members that are further tabs ([`RoomMember::tab`]), so `len` counts people in O(1).
+    tabs: usize,
 }
 
 impl RoomPresence {
@@ -199,9 +210,53 @@ impl RoomPresence {
         };
         self.names.insert(name.clone());
         self.order.push(m);
-        self.members
-            .entry(m)
-            .or_insert(RoomMember { name, bucket, ip })
+        self.members.entry(m).or_insert(RoomMember {
+            name,
+            bucket,
+            ip,
+            typed_at: 0,
+            token: None,
+            tab: false,
+        })
+    }
+
+    /// Adds `m` under `wanted` as [`RoomPresence::join`] does, unless a member called `wanted` is
+    /// here with the same `token`: then `m` is another tab of that person, sharing the name (and
+    /// the second value is false: nobody new is in the room).
+    pub(crate) fn join_with_token(
+        &mut self,
+        m: MemberId,
+        wanted: String,
+        token: Option<&str>,
+        bucket: Option<TokenBucket>,
+        ip: IpAddr,
+    ) -> (&RoomMember, bool) {
+        let same_person = token.is_some_and(|t| {
+            self.member_named(&wanted)
+                .is_some_and(|o| self.members[&o].token.as_deref() == Some(t))
+        });
+        if same_person && !self.members.contains_key(&m) {
+            self.order.push(m);
+            self.tabs += 1;
+            let member = self.members.entry(m).or_insert(RoomMember {
+                name: wanted.into(),
+                bucket,
+                ip,
+                typed_at: 0,
+                token: token.map(Into::into),
+                tab: true,
+            });
+            return (member, false);
+        }
+        self.join(m, wanted, bucket, ip);
+        let member = self.members.get_mut(&m).expect("bug: member just joined");
+        member.token = token.map(Into::into);
+        (member, true)
+    }
+
+    /// Whether someone called `name` is here.
+    pub(crate) fn has_name(&self, name: &str) -> bool {
+        self.names.contains(name)
     }
 
     /// Cluster mode: adds `m` under `name`, already de-duplicated by the cluster. Should the name be in
@@ -220,9 +275,14 @@ impl RoomPresence {
         let name: Box<str> = name.into();
         self.names.insert(name.clone());
         self.order.push(m);
-        self.members
-            .entry(m)
-            .or_insert(RoomMember { name, bucket, ip })
+        self.members.entry(m).or_insert(RoomMember {
+            name,
+            bucket,
+            ip,
+            typed_at: 0,
+            token: None,
+            tab: false,
+        })
     }
 
     /// The name of member `m`, if it is one.
@@ -238,12 +298,37 @@ impl RoomPresence {
         self.order
             .iter()
             .copied()
-            .find(|m| &*self.members[m].name == name)
+            .find(|m| &*self.members[m].name == name && !self.members[m].tab)
     }
 
-    /// Removes `m` and returns what it was; `None` if it was not a member.
+    /// Removes `m` and returns what it was; `None` if it was not a member. When `m` was a person's
+    /// tab, or that person has another tab here (which then takes `m`'s place), the name stays
+    /// ([`RoomPresence::has_name`]).
     pub(crate) fn leave(&mut self, m: MemberId) -> Option<RoomMember> {
         let gone = self.members.remove(&m)?;
+        let pos = self
+            .order
+            .iter()
+            .position(|&x| x == m)
+            .expect("bug: room member missing from the join order");
+        self.order.remove(pos);
+        if gone.tab {
+            self.tabs -= 1;
+            return Some(gone);
+        }
+        let heir = self
+            .order
+            .iter()
+            .copied()
+            .find(|o| self.members[o].tab && self.members[o].name == gone.name);
+        if let Some(heir) = heir {
+            self.members
+                .get_mut(&heir)
+                .expect("bug: heir is a member")
+                .tab = false;
+            self.tabs -= 1;
+            return Some(gone);
+        }
         self.names.remove(&gone.name);
         if let Some((base, n)) = names::split_suffix(&gone.name) {
             if let Some(pool) = self.suffixes.get_mut(base) {
@@ -253,12 +338,6 @@ impl RoomPresence {
                 }
             }
         }
-        let pos = self
-            .order
-            .iter()
-            .position(|&x| x == m)
-            .expect("bug: room member missing from the join order");
-        self.order.remove(pos);
         Some(gone)
     }
 
@@ -271,13 +350,19 @@ impl RoomPresence {
         &self.order
     }
 
-    /// Names in join order; `Clone` so it can be serialised without collecting.
+    /// Names in join order, once per person (not per tab); `Clone` so it can be serialised
+    /// without collecting.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> + Clone + '_ {
-        self.order.iter().map(|m| &*self.members[m].name)
+        self.order
+            .iter()
+            .map(|m| &self.members[m])
+            .filter(|r| !r.tab)
+            .map(|r| &*r.name)
     }
 
+    /// People here (a person's tabs count once).
     pub(crate) fn len(&self) -> usize {
-        self.order.len()
+        self.order.len() - self.tabs
     }
 
     pub(crate) fn is_empty(&self) -> bool {

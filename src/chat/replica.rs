@@ -87,6 +87,10 @@ pub struct Delivery {
     pub event: EventFrame,
     /// A member not to send it to (the joiner of its own `join`).
     pub except: Option<MemberId>,
+    /// Whether someone joined or left, and who: what `--compat fastapi` tells instead of `event`.
+    pub kind: Presence,
+    /// The name that joined or left.
+    pub name: Box<str>,
 }
 
 /// What [`Chat::apply_image`] leaves the reactor to do.
@@ -216,6 +220,8 @@ impl Chat {
             room: key,
             event: events::presence(&mut self.frames, kind, &r.name, name, at),
             except,
+            kind,
+            name: name.into(),
         })
     }
 
@@ -358,6 +364,8 @@ impl Chat {
                     room: key,
                     event: events::presence(frames, Presence::Leave, &r.name, gone, now),
                     except: None,
+                    kind: Presence::Leave,
+                    name: gone.clone(),
                 });
             }
             for came in remote.iter().filter(|n| !old.contains(&***n)) {
@@ -365,6 +373,8 @@ impl Chat {
                     room: key,
                     event: events::presence(frames, Presence::Join, &r.name, came, now),
                     except: None,
+                    kind: Presence::Join,
+                    name: came.clone(),
                 });
             }
         }

@@ -1348,3 +1348,223 @@ fn format_characters_are_removed_from_names() {
         "lobby"
     );
 }
+
+// --- `--compat fastapi`
+
+fn compat_chat() -> Chat {
+    Chat::new(config(), 0x5eed).with_vocabulary(Vocabulary::FastApi)
+}
+
+#[test]
+fn compat_join_and_leave_are_a_system_line_and_the_presence_list() {
+    let mut c = compat_chat();
+    let a = join(&mut c, "lobby", "alice", 1, T0);
+    assert_eq!(
+        a.welcome, "",
+        "no welcome: the rooms client would draw it as an empty card"
+    );
+    let b = join(&mut c, "lobby", "alice", 2, T0 + 123_456);
+    let [line, list] = c
+        .compat_presence(b.key, Presence::Join, &b.name, T0 + 123_456)
+        .unwrap();
+    assert_eq!(
+        parse(&line),
+        json!({"type": "system", "room_id": "lobby", "client_id": "system",
+               "content": "alice#2 joined lobby.", "timestamp": "2026-11-21T10:00:00.123456+00:00"})
+    );
+    assert_eq!(
+        parse(&list),
+        json!({"type": "presence", "users": ["alice", "alice#2"],
+               "timestamp": "2026-11-21T10:00:00.123456+00:00"})
+    );
+    c.leave(b.key, MemberId(2), T0 + S);
+    let [line, list] = c
+        .compat_presence(b.key, Presence::Leave, "alice#2", T0 + S)
+        .unwrap();
+    assert_eq!(parse(&line)["content"], "alice#2 left lobby.");
+    assert_eq!(parse(&line)["timestamp"], "2026-11-21T10:00:01+00:00");
+    assert_eq!(parse(&list)["users"], json!(["alice"]));
+}
+
+#[test]
+fn compat_content_is_pythons_str_of_content() {
+    let mut c = compat_chat();
+    let a = join(&mut c, "r", "alice", 1, T0);
+    let content = |c: &mut Chat, text: &str| match c.post(a.key, MemberId(1), text, T0) {
+        Post::Broadcast { event, .. } => {
+            Some(parse(&event)["content"].as_str().unwrap().to_owned())
+        }
+        Post::Reply { error } => panic!("no error in this mode, got {error} for {text}"),
+        Post::Ignored => None,
+    };
+    for (text, want) in [
+        (r#"{"content":" hi "}"#, Some("hi")),
+        (r#"{"content":7}"#, Some("7")),
+        (r#"{"content":1.5}"#, Some("1.5")),
+        (r#"{"content":null}"#, Some("None")),
+        (r#"{"content":false}"#, Some("False")),
+        (r#"{"content":["a",1]}"#, Some(r#"["a",1]"#)),
+        (r#"{"content":"a","content":"b"}"#, Some("b")),
+        (r#"{"other":1}"#, None),
+        (r#"{"content":"  "}"#, None),
+        (r#""quoted""#, Some(r#""quoted""#)),
+        ("{not json}", Some("{not json}")),
+        ("plain", Some("plain")),
+    ] {
+        assert_eq!(content(&mut c, text).as_deref(), want, "{text}");
+    }
+    let Post::Broadcast { event, .. } = c.post(a.key, MemberId(1), "x", T0 + 5) else {
+        panic!("not posted");
+    };
+    assert_eq!(
+        parse(&event)["timestamp"],
+        "2026-11-21T10:00:00.000005+00:00"
+    );
+}
+
+#[test]
+fn compat_rate_limit_error_carries_its_text_as_content() {
+    let mut c = Chat::new(
+        ChatConfig {
+            rate_limit: Some(RateLimit {
+                tokens: 1,
+                per_secs: 60,
+            }),
+            ..config()
+        },
+        1,
+    )
+    .with_vocabulary(Vocabulary::FastApi);
+    let a = join(&mut c, "r", "alice", 1, T0);
+    assert!(matches!(
+        c.post(a.key, MemberId(1), "one", T0),
+        Post::Broadcast { .. }
+    ));
+    let Post::Reply { error } = c.post(a.key, MemberId(1), "two", T0) else {
+        panic!("not refused");
+    };
+    let e = parse(&error);
+    assert_eq!(
+        (e["type"].as_str(), e["client_id"].as_str()),
+        (Some("error"), Some("system"))
+    );
+    assert_eq!(e["content"], e["message"]);
+    assert!(e["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("rate limit exceeded"));
+}
+
+#[test]
+fn demo_channel_lines() {
+    let mut c = compat_chat();
+    c.demo_join(MemberId(1), IP, "1700000000001", T0);
+    c.demo_join(MemberId(2), IP, "", T0);
+    let DemoPost::Broadcast { own, all } = c.demo_post(MemberId(1), " hi ", T0) else {
+        panic!("not posted");
+    };
+    assert_eq!(own, "You wrote:  hi ");
+    assert_eq!(all.text(), "Client #1700000000001 says:  hi ");
+    assert_eq!(c.demo_members().len(), 2);
+    let gone = c.demo_leave(MemberId(2)).unwrap();
+    assert_eq!(gone.text(), "Client #anonymous left the chat");
+    assert!(c.demo_leave(MemberId(1)).is_none(), "nobody left to tell");
+    assert!(c.demo_members().is_empty());
+}
+
+// --- typing signals
+
+#[test]
+fn typing_is_relayed_at_most_every_interval_and_never_stored() {
+    let mut c = chat_with(
+        1000,
+        Some(RateLimit {
+            tokens: 1,
+            per_secs: 60,
+        }),
+    );
+    let a = join(&mut c, "r", "alice", 1, T0);
+    join(&mut c, "r", "bob", 2, T0);
+    let signal = r#"{"type":"typing"}"#;
+    let event = c.typing(a.key, MemberId(1), signal, T0).unwrap().unwrap();
+    assert_eq!(
+        parse(&event),
+        json!({"type": "typing", "room_id": "r", "client_id": "alice",
+               "timestamp": "2026-11-21T10:00:00.000000Z"})
+    );
+    // Within the interval: dropped and counted; after it: relayed again.
+    assert_eq!(c.typing(a.key, MemberId(1), signal, T0 + S).unwrap(), None);
+    assert!(c
+        .typing(a.key, MemberId(1), signal, T0 + TYPING_INTERVAL)
+        .unwrap()
+        .is_some());
+    assert_eq!((c.typing_total(), c.typing_limited_total()), (2, 1));
+    // Not a chat message: nothing stored, and the chat rate limit (1 message) is untouched.
+    assert_eq!(sizes(&c).1, 0);
+    assert!(matches!(
+        c.post(a.key, MemberId(1), "hi", T0),
+        Post::Broadcast { .. }
+    ));
+    // What is not a typing signal is left to `post`.
+    for text in [
+        r#"{"type":"typing","content":"x"}"#,
+        "typing",
+        r#"{"content":"typing"}"#,
+    ] {
+        assert_eq!(c.typing(a.key, MemberId(1), text, T0), None, "{text}");
+    }
+    // The seed rooms app has no such event.
+    let mut compat = compat_chat();
+    let k = join(&mut compat, "r", "alice", 1, T0).key;
+    assert_eq!(compat.typing(k, MemberId(1), signal, T0), None);
+}
+
+// --- one presence per person
+
+#[test]
+fn two_tabs_of_one_person_are_one_entry_and_leave_once() {
+    let mut c = chat();
+    let tab = |c: &mut Chat, name: &str, token: Option<&str>, m: u64| {
+        c.join_with_token("r", name, token, MemberId(m), IP, Resume::default(), T0)
+    };
+    let a1 = tab(&mut c, "alice", Some("tok-a"), 1);
+    assert!(a1.announce);
+    tab(&mut c, "bob", Some("tok-b"), 2);
+    let a2 = tab(&mut c, "alice", Some("tok-a"), 3);
+    assert_eq!(a2.name, "alice", "the same person keeps the name");
+    assert!(!a2.announce, "nobody is told about a second tab");
+    assert_eq!(parse(&a2.welcome)["users"], json!(["alice", "bob"]));
+    // Another browser (another token, or none) asking for the name is someone else.
+    let other = tab(&mut c, "alice", Some("tok-x"), 4);
+    assert_eq!((other.name.as_str(), other.announce), ("alice#2", true));
+    let none = tab(&mut c, "alice", None, 5);
+    assert_eq!(none.name, "alice#3");
+    assert_eq!(
+        c.rooms_json(T0),
+        r#"{"rooms":[{"room_id":"r","users":4,"messages":0}]}"#
+    );
+    // Closing the first tab says nothing (the second takes its place); closing the last one
+    // announces the leave.
+    assert!(c.leave(a1.key, MemberId(1), T0).is_none());
+    let users = |c: &Chat| {
+        c.rooms
+            .get(a1.key)
+            .unwrap()
+            .users()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // The second tab, which joined before alice#2, holds the place now.
+    assert_eq!(users(&c), ["bob", "alice", "alice#2", "alice#3"]);
+    let left = c
+        .leave(a1.key, MemberId(3), T0)
+        .expect("the last tab's leave");
+    assert_eq!(parse(&left)["client_id"], "alice");
+    // The name is free again.
+    assert_eq!(tab(&mut c, "alice", None, 6).name, "alice");
+    // A second tab closing first says nothing either.
+    let b2 = tab(&mut c, "bob", Some("tok-b"), 7);
+    assert!(!b2.announce);
+    assert!(c.leave(b2.key, MemberId(7), T0).is_none());
+    assert!(c.leave(b2.key, MemberId(2), T0).is_some());
+}

@@ -45,6 +45,26 @@ pub(crate) fn rfc3339_bytes(t: Micros) -> [u8; RFC3339_LEN] {
     out
 }
 
+/// The longest [`isoformat_bytes`]: `2026-11-21T10:00:00.123456+00:00`.
+pub(crate) const ISOFORMAT_MAX_LEN: usize = 32;
+
+/// What Python's `datetime.now(timezone.utc).isoformat()` writes for `t`, the form of the seed
+/// rooms app's `now_iso()` (`--compat fastapi`): `2026-11-21T10:00:00.123456+00:00`, and, as Python
+/// does, without the fraction when the microseconds are zero (`2026-11-21T10:00:00+00:00`).
+/// Returns the bytes and how many of them are used.
+pub(crate) fn isoformat_bytes(t: Micros) -> ([u8; ISOFORMAT_MAX_LEN], usize) {
+    let rfc = rfc3339_bytes(t);
+    let mut out = [0u8; ISOFORMAT_MAX_LEN];
+    let head = if t.min(LAST_FOUR_DIGIT_YEAR).is_multiple_of(MICROS_PER_SEC) {
+        19 // `YYYY-MM-DDTHH:MM:SS`
+    } else {
+        26 // and `.ffffff`
+    };
+    out[..head].copy_from_slice(&rfc[..head]);
+    out[head..head + 6].copy_from_slice(b"+00:00");
+    (out, head + 6)
+}
+
 /// Writes the low `out.len()` decimal digits of `n` into `out`, zero-padded.
 fn put_digits(out: &mut [u8], mut n: u64) {
     for d in out.iter_mut().rev() {
@@ -130,6 +150,24 @@ mod tests {
             }
             prev = (y, m, d);
         }
+    }
+
+    #[test]
+    fn python_isoformat() {
+        let text = |t| {
+            let (b, n) = isoformat_bytes(t);
+            String::from_utf8(b[..n].to_vec()).unwrap()
+        };
+        assert_eq!(
+            text(1_795_255_200 * S + 123_456),
+            "2026-11-21T10:00:00.123456+00:00"
+        );
+        assert_eq!(
+            text(1_795_255_200 * S + 42),
+            "2026-11-21T10:00:00.000042+00:00"
+        );
+        // Python leaves the fraction out when it is zero.
+        assert_eq!(text(1_795_255_200 * S), "2026-11-21T10:00:00+00:00");
     }
 
     #[test]

@@ -8,7 +8,10 @@ use crate::chat::{self, Chat};
 use crate::metrics::{Gauges, Metrics, Transport};
 use crate::protocol::handshake::{Method, Request};
 
-use super::{percent_decode, write_response, Response, Route, CLIENT_PAGE, PAGE_HEADERS};
+use super::{
+    percent_decode, write_response, Response, Route, CLIENT_PAGE, CLIENT_SCRIPT, CLIENT_STYLE,
+    FAVICON, PAGE_HEADERS,
+};
 
 /// What an answer may read: the state as it is at this turn.
 pub struct View<'a> {
@@ -67,6 +70,13 @@ pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> 
     let body: String;
     let (status, ctype, bytes): (u16, &str, &[u8]) = match route {
         Route::Page => (200, "text/html; charset=utf-8", CLIENT_PAGE.as_bytes()),
+        Route::Script => (
+            200,
+            "text/javascript; charset=utf-8",
+            CLIENT_SCRIPT.as_bytes(),
+        ),
+        Route::Style => (200, "text/css; charset=utf-8", CLIENT_STYLE.as_bytes()),
+        Route::Favicon => (200, "image/svg+xml", FAVICON.as_bytes()),
         Route::Health => {
             body = health_json(view);
             (200, JSON, body.as_bytes())
@@ -108,7 +118,10 @@ pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> 
     };
     let extra = if ctype == JSON {
         cors(view.allowed_origins, req.origin)
-    } else if *route == Route::Page {
+    } else if matches!(
+        route,
+        Route::Page | Route::Script | Route::Style | Route::Favicon
+    ) {
         PAGE_HEADERS.to_owned()
     } else {
         String::new()
@@ -155,6 +168,8 @@ fn gauges(view: &View<'_>) -> Gauges {
         history_dropped: view.chat.history_dropped_total(),
         messages_expired: view.chat.expired_total(),
         rate_limited: view.chat.rate_limited_total(),
+        typing: view.chat.typing_total(),
+        typing_limited: view.chat.typing_limited_total(),
         uptime_s: view.uptime_s,
         outbound_bytes_pending: view.transport.outbound_bytes_pending,
         connections_paused: view.transport.connections_paused,

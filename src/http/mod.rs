@@ -15,17 +15,32 @@ pub use answers::{answer, check_origin, View};
 /// The browser client (SPEC §5), served at `GET /`.
 pub const CLIENT_PAGE: &str = include_str!("client.html");
 
-/// Header lines sent with the page: no MIME sniffing, no referrer, and a Content-Security-Policy
-/// that forbids framing (clickjacking), `<base>`, plugins and form submission (both forms are
-/// handled by script). Scripts and connections are not restricted by it: the page's script and
-/// style are inline, and a proxy may put the WebSocket on another scheme or host.
+/// The page's script, served at `GET /client.js` so that the page's CSP can say `script-src 'self'`.
+pub const CLIENT_SCRIPT: &str = include_str!("client.js");
+
+/// The page's style, served at `GET /client.css` (`style-src 'self'`).
+pub const CLIENT_STYLE: &str = include_str!("client.css");
+
+/// The page's icon, an SVG served at `GET /favicon.ico` (browsers ask for that path whatever
+/// the page says; they take the type from `Content-Type`).
+pub const FAVICON: &str = include_str!("favicon.svg");
+
+/// Header lines sent with the page and its script, style and icon: no MIME sniffing, no referrer,
+/// and a Content-Security-Policy that allows nothing but this origin's own script, style, icon and
+/// socket (`connect-src 'self'` covers `ws:`/`wss:` to the same host in CSP 3), and forbids framing
+/// (clickjacking), `<base>`, plugins and form submission (both forms are handled by script).
 pub const PAGE_HEADERS: &str = "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
-    Content-Security-Policy: frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'none'\r\n";
+    Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'\r\n";
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     Page,
+    /// `/client.js`, `/client.css`, `/favicon.ico`: the page's parts.
+    Script,
+    Style,
+    Favicon,
     Health,
     Metrics,
     /// `/messages[?limit=N]`.
@@ -52,6 +67,14 @@ pub enum Route<'a> {
         client: &'a str,
         since: Option<u64>,
         epoch: Option<String>,
+        /// `?device=`, percent-decoded: the page's per-browser id, so that two tabs of one
+        /// person are one entry in the room.
+        device: Option<String>,
+    },
+    /// `/ws/{client_id}` under `--compat fastapi`: the FastAPI documentation example's chat; the raw
+    /// segment.
+    Demo {
+        client: &'a str,
     },
     NotFound,
 }
@@ -59,7 +82,10 @@ pub enum Route<'a> {
 impl Route<'_> {
     /// Whether this route is a WebSocket endpoint (needs an upgrade).
     pub fn is_websocket(&self) -> bool {
-        matches!(self, Route::Echo | Route::Global | Route::Room { .. })
+        matches!(
+            self,
+            Route::Echo | Route::Global | Route::Room { .. } | Route::Demo { .. }
+        )
     }
 }
 
@@ -74,8 +100,23 @@ pub enum ApiCall {
     Disconnect,
 }
 
+/// Which optional routes are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routes {
+    /// `/echo`; false under `--no-echo`.
+    pub echo: bool,
+    /// `/ws/{client_id}`, under `--compat fastapi`; otherwise that path is `404` (SPEC §4.4).
+    pub demo: bool,
+}
+
 /// Maps a path and query to a route. `echo` is false under `--no-echo`.
 pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a> {
+    route_with(path, query, Routes { echo, demo: false })
+}
+
+/// Maps a path and query to a route, with the optional routes of `routes`.
+pub fn route_with<'a>(path: &'a str, query: Option<&'a str>, routes: Routes) -> Route<'a> {
+    let echo = routes.echo;
     let since = || {
         query
             .and_then(|q| query_param(q, "since"))
@@ -90,6 +131,9 @@ pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a>
     let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
     match (segs.next(), segs.next(), segs.next(), segs.next()) {
         (Some(""), None, _, _) => Route::Page,
+        (Some("client.js"), None, _, _) => Route::Script,
+        (Some("client.css"), None, _, _) => Route::Style,
+        (Some("favicon.ico"), None, _, _) => Route::Favicon,
         (Some("healthz"), None, _, _) => Route::Health,
         (Some("metrics"), None, _, _) => Route::Metrics,
         (Some("messages"), None, _, _) => Route::Messages { limit: limit() },
@@ -110,6 +154,7 @@ pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a>
         }
         (Some("echo"), None, _, _) if echo => Route::Echo,
         (Some("ws"), None, _, _) => Route::Global,
+        (Some("ws"), Some(client), None, _) if routes.demo => Route::Demo { client },
         (Some("ws"), Some(room), Some(client), None) => Route::Room {
             room,
             client,
@@ -117,6 +162,9 @@ pub fn route<'a>(path: &'a str, query: Option<&'a str>, echo: bool) -> Route<'a>
             epoch: query
                 .and_then(|q| query_param(q, "epoch"))
                 .map(|e| percent_decode(e).into_owned()),
+            device: query
+                .and_then(|q| query_param(q, "device"))
+                .map(|t| percent_decode(t).chars().take(64).collect()),
         },
         _ => Route::NotFound,
     }
@@ -216,7 +264,8 @@ mod tests {
                 room: "a%20b",
                 client: "bob",
                 since: Some(5),
-                epoch: Some("e-1".into())
+                epoch: Some("e-1".into()),
+                device: None,
             }
         );
         assert_eq!(
@@ -258,6 +307,19 @@ mod tests {
         );
         assert_eq!(route("/nope", None, true), Route::NotFound);
         assert_eq!(route("/healthz/", None, true), Route::NotFound);
+        let compat = Routes {
+            echo: true,
+            demo: true,
+        };
+        assert_eq!(
+            route_with("/ws/1700000000", None, compat),
+            Route::Demo {
+                client: "1700000000"
+            }
+        );
+        assert!(route_with("/ws/7", None, compat).is_websocket());
+        assert_eq!(route_with("/ws", None, compat), Route::Global);
+        assert_eq!(route_with("/ws/a/b/c", None, compat), Route::NotFound);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use log::{info, warn};
 use mio::Waker;
 
-use crate::chat::{self, ClusterImage, MemberId, Origin, Resume};
+use crate::chat::{self, ClusterImage, MemberId, Origin, Presence, Resume};
 use crate::cluster::{self, Bridge, Notice};
 use crate::config::Config;
 use crate::reactor::Io;
@@ -212,7 +212,7 @@ impl Server {
                     .chat
                     .cluster_presence(&room, &epoch, kind, &name, at, origin)
                 {
-                    self.broadcast_room(io, d.room, &d.event, d.except);
+                    self.deliver(io, &d);
                 }
             }
             Notice::Global { seq, at, text } if up => {
@@ -270,8 +270,8 @@ impl Server {
     /// Both links are up and `image` is fresh: become a replica of the cluster.
     fn enter_cluster(&mut self, io: &mut Io<'_, Self>, image: &ClusterImage) {
         let applied = self.chat.apply_image(image, io.wall());
-        for d in applied.deliveries {
-            self.broadcast_room(io, d.room, &d.event, d.except);
+        for d in &applied.deliveries {
+            self.deliver(io, d);
         }
         for (room, due) in applied.arm_rooms {
             io.arm_at(Timer::Room(room), due);
@@ -357,17 +357,22 @@ impl Server {
                 let joined =
                     self.chat
                         .cluster_join(&j.room, &name, &epoch, m, j.peer, resume, io.wall());
-                io.send_text(key, joined.welcome.as_bytes());
-                self.start_catch_up(io, key, joined.key, joined.catch_up);
+                self.greet(io, key, &joined, j.since);
                 joined.key
             }
             // Serving locally: a local join (local epoch), under the cluster's name if it gave one.
             answer => {
                 let name = answer.map_or(j.wanted, |(name, _)| name);
                 let joined = self.chat.join(&j.room, &name, m, j.peer, resume, io.wall());
-                io.send_text(key, joined.welcome.as_bytes());
-                self.start_catch_up(io, key, joined.key, joined.catch_up);
-                self.broadcast_room(io, joined.key, &joined.join_event, Some(m));
+                self.greet(io, key, &joined, j.since);
+                self.announce(
+                    io,
+                    joined.key,
+                    Presence::Join,
+                    &joined.name,
+                    &joined.join_event,
+                    m,
+                );
                 joined.key
             }
         };

@@ -24,10 +24,11 @@ use std::sync::Arc;
 use log::debug;
 
 use crate::chat::{
-    self, Chat, ChatConfig, Checked, EventFrame, GlobalPost, MemberId, Post, Resume, RoomKey,
+    self, Chat, ChatConfig, Checked, DemoPost, EventFrame, GlobalPost, Joined, MemberId, Post,
+    Presence, Resume, RoomKey, Vocabulary,
 };
-use crate::config::{Config, Secret};
-use crate::http::{self, Route};
+use crate::config::{Compat, Config, Secret};
+use crate::http::{self, Route, Routes};
 use crate::protocol::CloseCode;
 use crate::protocol::OpCode;
 use crate::reactor::{Answer, ConnKey, Departure, Io, KeepAlive, Message, Reactor, Service};
@@ -42,6 +43,8 @@ pub enum Endpoint {
     /// Cluster mode: the room join is with the cluster bridge; the `welcome` comes with its answer,
     /// and text frames wait (in the link's `Joining` entry) until then.
     Joining,
+    /// `--compat fastapi`: the FastAPI documentation example's `/ws/{client_id}` (on this node only).
+    Demo,
 }
 
 /// A WebSocket route's parameters, from the request to the 101.
@@ -55,6 +58,12 @@ pub enum Opening {
         client: String,
         since: Option<u64>,
         epoch: Option<String>,
+        /// `?device=`: the page's per-browser id (two tabs, one presence).
+        device: Option<String>,
+    },
+    /// `/ws/{client_id}`, percent-decoded, not yet cleaned.
+    Demo {
+        client: String,
     },
 }
 
@@ -114,7 +123,8 @@ fn conn_of(m: MemberId) -> ConnKey {
 pub struct Server {
     chat: Chat,
     allowed_origins: Vec<String>,
-    echo: bool,
+    /// The optional routes served: `/echo` unless `--no-echo`, `/ws/{client_id}` under `--compat`.
+    routes: Routes,
     /// Cluster mode state; `None` without `--redis`.
     cluster: Option<ClusterLink>,
     /// Room members whose `welcome` history was cut: their room and the last message id sent. The
@@ -164,13 +174,20 @@ impl Daemon {
                 }),
             },
             wall ^ ((std::process::id() as u64) << 40),
-        );
+        )
+        .with_vocabulary(match cfg.compat {
+            None => Vocabulary::Wisp,
+            Some(Compat::Fastapi) => Vocabulary::FastApi,
+        });
         Ok(Daemon {
             reactor,
             server: Server {
                 chat,
                 allowed_origins: cfg.allowed_origins,
-                echo: cfg.echo,
+                routes: Routes {
+                    echo: cfg.echo,
+                    demo: cfg.compat == Some(Compat::Fastapi),
+                },
                 cluster,
                 catching_up: HashMap::new(),
                 auth: cfg.auth,
@@ -223,7 +240,7 @@ impl Service for Server {
         _peer: IpAddr,
         req: &crate::protocol::handshake::Request<'_>,
     ) -> Answer<Admitted> {
-        let route = http::route(req.path(), req.query(), self.echo);
+        let route = http::route_with(req.path(), req.query(), self.routes);
         if let Route::Api { room, call } = route {
             return self.handle_api(io, conn, req, room, call);
         }
@@ -256,6 +273,7 @@ impl Service for Server {
                     client,
                     since,
                     epoch,
+                    device,
                 } => Opening::Room {
                     room: http::percent_decode(room).into_owned(),
                     // With a token, the name is the token's, whatever the path says.
@@ -265,6 +283,10 @@ impl Service for Server {
                     },
                     since,
                     epoch,
+                    device,
+                },
+                Route::Demo { client } => Opening::Demo {
+                    client: http::percent_decode(client).into_owned(),
                 },
                 _ => unreachable!("bug: not a WebSocket route"),
             };
@@ -315,20 +337,28 @@ impl Service for Server {
                 self.chat.global_join(m, peer, io.wall());
                 Endpoint::Global
             }
+            Opening::Demo { client } => {
+                self.chat.demo_join(m, peer, &client, io.wall());
+                Endpoint::Demo
+            }
             Opening::Room {
                 room,
                 client,
                 since,
                 epoch,
+                device,
             } => {
                 if let Some(c) = self.cluster.as_mut().filter(|c| c.up) {
                     // The cluster de-duplicates the name; `welcome` waits for its answer.
                     c.begin_join(m, peer, &room, &client, since, epoch);
                     return Endpoint::Joining;
                 }
-                let joined = self.chat.join(
+                // Two tabs of one person (same name and device id) are one entry: local only, the
+                // cluster de-duplicates names in Redis, device or not.
+                let joined = self.chat.join_with_token(
                     &room,
                     &client,
+                    device.as_deref(),
                     m,
                     peer,
                     Resume {
@@ -337,9 +367,17 @@ impl Service for Server {
                     },
                     io.wall(),
                 );
-                io.send_text(conn, joined.welcome.as_bytes());
-                self.start_catch_up(io, conn, joined.key, joined.catch_up);
-                self.broadcast_room(io, joined.key, &joined.join_event, Some(m));
+                self.greet(io, conn, &joined, since);
+                if joined.announce {
+                    self.announce(
+                        io,
+                        joined.key,
+                        Presence::Join,
+                        &joined.name,
+                        &joined.join_event,
+                        m,
+                    );
+                }
                 Endpoint::Room(joined.key)
             }
         }
@@ -380,6 +418,12 @@ impl Service for Server {
         match endpoint {
             Endpoint::Echo => {}
             Endpoint::Global => self.chat.global_leave(m),
+            Endpoint::Demo => {
+                if let (Some(line), Departure::Left) = (self.chat.demo_leave(m), why) {
+                    let members = self.chat.demo_members();
+                    io.broadcast(&line, members.iter().map(|&m| conn_of(m)));
+                }
+            }
             Endpoint::Joining => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.cancel_join(m);
@@ -387,6 +431,10 @@ impl Service for Server {
             }
             Endpoint::Room(room) => {
                 self.catching_up.remove(&m);
+                // The seed rooms app names who left; Wisp's own `leave` event carries the name.
+                let name = (self.chat.vocabulary() == Vocabulary::FastApi)
+                    .then(|| self.chat.member_name(room, m).map(str::to_owned))
+                    .flatten();
                 let event = self.chat.leave(room, m, io.wall());
                 let clustered = match self.cluster.as_ref() {
                     Some(c) => {
@@ -400,7 +448,8 @@ impl Service for Server {
                 };
                 // In the cluster, the `leave` comes back on the feed, to every node alike.
                 if let (Some(event), Departure::Left, false) = (event, why, clustered) {
-                    self.broadcast_room(io, room, &event, None);
+                    let name = name.as_deref().unwrap_or_default();
+                    self.announce_to(io, room, Presence::Leave, name, &event, None);
                 }
             }
         }
@@ -488,9 +537,31 @@ impl Server {
                 return self.on_refresh(io, conn, endpoint, &token);
             }
         }
+        // A `typing` signal goes to the room's other members on this node (at most one per member
+        // per `chat::TYPING_INTERVAL`), never stored nor sent through the cluster.
+        if let Endpoint::Room(room) = endpoint {
+            if let Some(relay) = self.chat.typing(room, m, text, io.wall()) {
+                if let Some(event) = relay {
+                    self.broadcast_room(io, room, &event, Some(m));
+                }
+                return;
+            }
+        }
         let clustered = self.cluster.as_ref().is_some_and(|c| c.up);
         match endpoint {
             Endpoint::Echo => io.send_frame(conn, OpCode::Text, text.as_bytes()),
+            Endpoint::Demo => match self.chat.demo_post(m, text, io.wall()) {
+                DemoPost::Broadcast { own, all } => {
+                    io.send_text(conn, own.as_bytes());
+                    let members = self.chat.demo_members();
+                    io.broadcast(&all, members.iter().map(|&m| conn_of(m)));
+                }
+                DemoPost::RateLimited { error } => {
+                    debug!("rate limited {}", conn.index());
+                    io.send_text(conn, error.as_bytes());
+                }
+                DemoPost::Dropped => {}
+            },
             Endpoint::Global if clustered => match self.chat.global_admit(m, io.wall()) {
                 // Delivered, to the sender too, when it comes back on the feed.
                 Ok(()) => self.bridge_send(cluster::Request::GlobalPost {
@@ -540,7 +611,7 @@ impl Server {
                 if refused {
                     io.metrics().rate_limited += 1;
                     debug!("rate limited {} while joining", conn.index());
-                    let error = r#"{"type":"error","code":"rate_limited","message":"too many messages before welcome"}"#;
+                    let error = self.chat.joining_overflow_error(io.wall());
                     io.send_text(conn, error.as_bytes());
                 }
             }
@@ -561,6 +632,66 @@ impl Server {
             }
             Post::Ignored => {}
         }
+    }
+
+    /// Greets a member that has just joined a room: Wisp's `welcome` (the rest of a cut history
+    /// following as the socket drains); under `--compat fastapi`, which has no `welcome`, the
+    /// history as `message` events, after `since` when the upgrade asked for it.
+    fn greet(&mut self, io: &mut Io<'_, Self>, conn: ConnKey, joined: &Joined, since: Option<u64>) {
+        if self.chat.vocabulary() == Vocabulary::Wisp {
+            io.send_text(conn, joined.welcome.as_bytes());
+            self.start_catch_up(io, conn, joined.key, joined.catch_up);
+            return;
+        }
+        let budget = self.chat.welcome_history_bytes();
+        let part = self
+            .chat
+            .catch_up(joined.key, since.unwrap_or(0), budget, io.wall());
+        for event in &part.frames {
+            let shared = io.share(event);
+            io.send_shared(conn, shared);
+        }
+        self.start_catch_up(io, conn, joined.key, part.next);
+    }
+
+    /// Tells the room that `name` joined (everyone but the joiner, `except`, gets `event`).
+    fn announce(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        room: RoomKey,
+        kind: Presence,
+        name: &str,
+        event: &EventFrame,
+        joiner: MemberId,
+    ) {
+        self.announce_to(io, room, kind, name, event, Some(joiner));
+    }
+
+    /// Tells the members of `room` that `name` joined or left: Wisp's `join`/`leave` `event` to all
+    /// but `except`; under `--compat fastapi` the seed rooms app's `system` line and `presence`
+    /// list instead, to everyone, the joiner included, as that app does.
+    fn announce_to(
+        &mut self,
+        io: &mut Io<'_, Self>,
+        room: RoomKey,
+        kind: Presence,
+        name: &str,
+        event: &EventFrame,
+        except: Option<MemberId>,
+    ) {
+        if self.chat.vocabulary() == Vocabulary::Wisp {
+            return self.broadcast_room(io, room, event, except);
+        }
+        if let Some(frames) = self.chat.compat_presence(room, kind, name, io.wall()) {
+            for frame in &frames {
+                self.broadcast_room(io, room, frame, None);
+            }
+        }
+    }
+
+    /// A presence change from the cluster, told to this node's members of its room.
+    fn deliver(&mut self, io: &mut Io<'_, Self>, d: &chat::Delivery) {
+        self.announce_to(io, d.room, d.kind, &d.name, &d.event, d.except);
     }
 
     /// Queues `event` once for every member of `room` (but `except`).

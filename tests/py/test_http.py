@@ -45,8 +45,17 @@ def test_client_page_is_served(wisp_default):
     assert headers.get("x-content-type-options") == "nosniff"
     assert headers.get("referrer-policy") == "no-referrer"
     csp = headers.get("content-security-policy", "")
-    for directive in ("frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'"):
+    for directive in ("frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'",
+                      "default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'"):
         assert directive in csp
+    # No inline script or style for that CSP to refuse: they come from their own routes.
+    assert b"<script>" not in body and b"<style>" not in body and b" style=" not in body
+    for path, ctype in (("/client.js", "text/javascript"), ("/client.css", "text/css"),
+                        ("/favicon.ico", "image/svg+xml")):
+        status, headers, part = http_request(wisp_default, "GET", path)
+        assert status == 200 and part, path
+        assert headers.get("content-type", "").startswith(ctype), (path, headers.get("content-type"))
+        assert headers.get("content-security-policy") == csp, path
 
 
 @pytest.mark.parametrize("path", ["/nope", "/healthz/extra", "/rooms/x", "/favicon.ico.nope"])
