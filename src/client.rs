@@ -96,6 +96,9 @@ pub fn run(url: &str) -> Result<(), String> {
                     let _ = stream.write_all(&out);
                 }
                 Some(Event::Pong(_)) => {}
+                Some(Event::Compressed(..)) => {
+                    unreachable!("bug: a compressed message without deflate offered")
+                }
                 Some(Event::Close { code, reason }) => {
                     eprintln!(
                         "closed by server: {} {reason}",

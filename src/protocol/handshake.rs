@@ -15,6 +15,9 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// Most header lines in one request; more is answered 431 as well.
 const MAX_HEADERS: usize = 48;
 
+/// `Sec-WebSocket-Extensions` lines kept from one request; more are ignored (their offers declined).
+pub const MAX_EXTENSION_LINES: usize = 4;
+
 /// §1.3: the GUID appended to the client's key before hashing.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -48,12 +51,19 @@ pub struct Request<'b> {
     pub connection_upgrade: bool,
     pub key: Option<&'b [u8]>,
     pub version: Option<&'b [u8]>,
+    /// The values of the first `Sec-WebSocket-Extensions` lines (§9.1), empty where absent.
+    pub extensions: [&'b [u8]; MAX_EXTENSION_LINES],
 }
 
 impl Request<'_> {
     /// The path part of the target.
     pub fn path(&self) -> &str {
         self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+
+    /// Every `Sec-WebSocket-Extensions` value kept, in order.
+    pub fn extension_lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.extensions.iter().copied().filter(|v| !v.is_empty())
     }
 
     /// The query part of the target, without `?`.
@@ -145,7 +155,9 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
         connection_upgrade: false,
         key: None,
         version: None,
+        extensions: [&[]; MAX_EXTENSION_LINES],
     };
+    let mut extension_lines = 0;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -164,6 +176,11 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
             out.key = Some(trim(h.value));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.version = Some(trim(h.value));
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            if let Some(slot) = out.extensions.get_mut(extension_lines) {
+                *slot = trim(h.value);
+                extension_lines += 1;
+            }
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = std::str::from_utf8(trim(h.value)).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -253,13 +270,17 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
-/// The `101 Switching Protocols` answer.
-pub fn switching_protocols(accept: &[u8; 28]) -> Vec<u8> {
+/// The `101 Switching Protocols` answer, with the `Sec-WebSocket-Extensions` we agreed to (§9.1).
+pub fn switching_protocols(accept: &[u8; 28], extensions: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept);
+    if let Some(ext) = extensions {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(ext.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
     out
 }
@@ -307,8 +328,22 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
         assert_eq!(r.path(), "/echo");
         assert_eq!(r.origin, Some("http://a.example"));
         assert_eq!(&check_upgrade(&r).unwrap(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        let resp = switching_protocols(&check_upgrade(&r).unwrap());
+        let resp = switching_protocols(&check_upgrade(&r).unwrap(), None);
         assert!(resp.starts_with(b"HTTP/1.1 101 "));
+        assert_eq!(r.extension_lines().count(), 0);
+    }
+
+    #[test]
+    fn extension_lines_are_kept_in_order() {
+        let bytes = with(
+            "Host: x\r\n",
+            "Host: x\r\nSec-WebSocket-Extensions: foo\r\nsec-websocket-extensions:  permessage-deflate \r\n",
+        );
+        let r = parsed(&bytes);
+        let lines: Vec<&[u8]> = r.extension_lines().collect();
+        assert_eq!(lines, [&b"foo"[..], b"permessage-deflate"]);
+        let resp = switching_protocols(&check_upgrade(&r).unwrap(), Some("permessage-deflate"));
+        assert!(resp.ends_with(b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
     }
 
     #[test]
