@@ -124,10 +124,11 @@ pub struct ServeArgs {
     /// event shrinks by less than a TCP/IP header's worth (see docs/benchmarks.md).
     #[arg(long, env = "WISP_DEFLATE_MIN_BYTES", default_value_t = 128, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(0..=(1 << 30)))]
     pub deflate_min_bytes: u64,
-    /// zlib compression level, 1 (fastest) to 9 (smallest). Default 1: each message is compressed
-    /// once on the one reactor thread, and level 1 already gets most of the gain on chat JSON
-    /// (see docs/benchmarks.md).
-    #[arg(long, env = "WISP_DEFLATE_LEVEL", default_value_t = 1, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=9))]
+    /// zlib compression level, 2 (fastest) to 9 (smallest). Default 2: each message is compressed
+    /// once on the one reactor thread, and level 2 gets nearly all of level 6's gain on chat-sized
+    /// JSON at a quarter of its cost on a `welcome` (see docs/benchmarks.md). Level 1 (zlib-rs's
+    /// `deflate_quick`) is refused: it panics on some inputs under a sync flush.
+    #[arg(long, env = "WISP_DEFLATE_LEVEL", default_value_t = 2, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(2..=9))]
     pub deflate_level: u32,
     /// Join a cluster through Redis (`redis://HOST:PORT`).
     #[arg(long, env = "WISP_REDIS", value_name = "URL")]
@@ -354,7 +355,7 @@ mod tests {
             c.deflate,
             Some(DeflateConfig {
                 min_bytes: 128,
-                level: 1
+                level: 2
             })
         );
     }
@@ -374,7 +375,7 @@ mod tests {
                 level: 9
             })
         );
-        assert!(parse(&["--deflate-level", "0"])
+        assert!(parse(&["--deflate-level", "1"])
             .unwrap_err()
             .contains("--deflate-level"));
     }

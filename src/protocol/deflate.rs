@@ -293,10 +293,12 @@ impl std::fmt::Debug for Deflater {
 }
 
 impl Deflater {
-    /// A compressor at zlib `level` (0–9).
+    /// A compressor at zlib `level`, taken within 2–9. Level 1 is zlib-rs's `deflate_quick`,
+    /// which (zlib-rs 0.6.8) panics on some inputs under a sync flush (Autobahn 12.2.x and 12.4.x
+    /// found it: bitmap and PDF data of 4 KiB and more); a panic here would end the reactor.
     pub fn new(level: u32) -> Deflater {
         Deflater {
-            z: Compress::new(Compression::new(level.min(9)), false),
+            z: Compress::new(Compression::new(level.clamp(2, 9)), false),
         }
     }
 
