@@ -31,6 +31,8 @@ fn own(ev: Event<'_>) -> Ev {
         Event::Ping(p) => Ev::Ping(p.to_vec()),
         Event::Pong(p) => Ev::Pong(p.to_vec()),
         Event::Close { code, reason } => Ev::Close(code.map(CloseCode::as_u16), reason.to_string()),
+        // `drive` never negotiates permessage-deflate, so RSV1 is refused before this.
+        Event::Compressed(..) => unreachable!("a compressed message without deflate"),
     }
 }
 

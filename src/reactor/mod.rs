@@ -1,7 +1,8 @@
 //! The reactor: one `mio::Poll`, one thread, every connection.
 //!
 //! Owns the sockets, the slab of `Conn`s, the one shared receive buffer, the per-turn output cork,
-//! the timer wheel, the turn, and every budget a peer can spend of them. It is the only module that
+//! the timer wheel, the turn, every budget a peer can spend of them, and permessage-deflate's one
+//! compressor and one inflater (no connection keeps compression state: `protocol::deflate`). It is the only module that
 //! reads clocks and touches sockets. It moves bytes and nothing else: what it decodes (a request head,
 //! a data message, a close, a due deadline, a wake-up from another thread) it hands to a [`Service`]
 //! through the one interface in [`service`], and it takes back what to write, to whom, and what to

@@ -470,6 +470,10 @@ impl RawWs {
                         Event::Close { code, reason } => {
                             Frame::Close(code.map(|c| c.as_u16()), reason.to_string())
                         }
+                        // The test client never offers permessage-deflate.
+                        Event::Compressed(..) => {
+                            panic!("the server sent a compressed message unasked")
+                        }
                     }),
                 ),
                 Err(e) => panic!("the server sent an invalid frame: {e:?}"),
