@@ -6,7 +6,7 @@
 //! - `inflate`: [`Inflater::inflate`] of that payload, done once per received message.
 //!
 //! Each benchmark prints the compressed size once, so the ratio sits next to the time; the
-//! `--deflate-min-bytes` default (128) comes from these sizes. Run: `cargo bench --bench deflate`.
+//! `--deflate-min-bytes` default (256) comes from these sizes. Run: `cargo bench --bench deflate`.
 //! Numbers: `docs/benchmarks.md`.
 
 #[macro_use]
