@@ -45,7 +45,7 @@ fn bench_handshake(c: &mut Criterion) {
                 panic!("complete request");
             };
             let accept = handshake::check_upgrade(&req).expect("valid upgrade");
-            handshake::switching_protocols(&accept)
+            handshake::switching_protocols(&accept, None)
         })
     });
     group.bench_function("tungstenite", |b| {

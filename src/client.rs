@@ -103,6 +103,9 @@ pub fn run(url: &str) -> Result<(), String> {
                     let _ = stream.write_all(&out);
                 }
                 Some(Event::Pong(_)) => {}
+                Some(Event::Compressed(..)) => {
+                    unreachable!("bug: a compressed message without deflate offered")
+                }
                 Some(Event::Close { code, reason }) => {
                     let code = code.map_or(1005, CloseCode::as_u16);
                     if we_closed.load(Ordering::SeqCst) {

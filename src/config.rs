@@ -151,6 +151,23 @@ pub struct ServeArgs {
     /// Disable the `/echo` endpoint.
     #[arg(long, env = "WISP_NO_ECHO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_echo: bool,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it (the default).
+    #[arg(long, overrides_with = "no_deflate")]
+    pub deflate: bool,
+    /// Decline permessage-deflate: every message goes uncompressed.
+    #[arg(long, env = "WISP_NO_DEFLATE", overrides_with = "deflate", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_deflate: bool,
+    /// Smallest message sent compressed; smaller ones go as they are. Default 256: compressing costs
+    /// ~10 µs whatever the size, and a chat event of 128 bytes shrinks by 15 %, one of 256 by half
+    /// (see docs/benchmarks.md).
+    #[arg(long, env = "WISP_DEFLATE_MIN_BYTES", default_value_t = 256, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(0..=(1 << 30)))]
+    pub deflate_min_bytes: u64,
+    /// zlib compression level, 2 (fastest) to 9 (smallest). Default 2: each message is compressed
+    /// once on the one reactor thread, and level 2 gets nearly all of level 6's gain on chat-sized
+    /// JSON at a quarter of its cost on a `welcome` (see docs/benchmarks.md). Level 1 (zlib-rs's
+    /// `deflate_quick`) is refused: it panics on some inputs under a sync flush.
+    #[arg(long, env = "WISP_DEFLATE_LEVEL", default_value_t = 2, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(2..=9))]
+    pub deflate_level: u32,
     /// Join a cluster through Redis (`redis://HOST:PORT`).
     #[arg(long, env = "WISP_REDIS", value_name = "URL")]
     pub redis: Option<String>,
@@ -372,9 +389,18 @@ pub struct Config {
     pub api_key: Option<Secret>,
     /// `--compat`: `None` speaks Wisp's own protocol only.
     pub compat: Option<Compat>,
+    /// permessage-deflate: `None` under `--no-deflate`.
+    pub deflate: Option<DeflateConfig>,
     pub log: log::LevelFilter,
     /// Lines to log at `warn` once logging is up (a value adjusted to what the machine allows).
     pub warnings: Vec<String>,
+}
+
+/// permessage-deflate's settings (`--deflate-min-bytes`, `--deflate-level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeflateConfig {
+    pub min_bytes: usize,
+    pub level: u32,
 }
 
 /// How long we wait for the peer's close and FIN after our close frame (SPEC §4.3).
@@ -484,6 +510,10 @@ impl ServeArgs {
             metrics_token,
             api_key,
             compat: self.compat,
+            deflate: (!self.no_deflate).then_some(DeflateConfig {
+                min_bytes: self.deflate_min_bytes as usize,
+                level: self.deflate_level,
+            }),
             log: self.log,
             warnings,
         })
@@ -576,7 +606,34 @@ mod tests {
         assert_eq!(c.welcome_history_bytes, 256 << 10);
         assert!(c.echo);
         assert!(c.max_connections > 0);
+        assert_eq!(
+            c.deflate,
+            Some(DeflateConfig {
+                min_bytes: 256,
+                level: 2
+            })
+        );
         assert_eq!(c.compat, None);
+    }
+
+    #[test]
+    fn deflate_options() {
+        assert_eq!(parse(&["--no-deflate"]).unwrap().deflate, None);
+        assert!(parse(&["--no-deflate", "--deflate"])
+            .unwrap()
+            .deflate
+            .is_some());
+        let c = parse(&["--deflate-min-bytes", "0", "--deflate-level", "9"]).unwrap();
+        assert_eq!(
+            c.deflate,
+            Some(DeflateConfig {
+                min_bytes: 0,
+                level: 9
+            })
+        );
+        assert!(parse(&["--deflate-level", "1"])
+            .unwrap_err()
+            .contains("--deflate-level"));
     }
 
     #[test]

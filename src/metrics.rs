@@ -33,6 +33,19 @@ pub struct Metrics {
     pub auth_refused: u64,
     /// Connections closed because their token expired without a refresh.
     pub auth_expired: u64,
+    /// WebSockets that negotiated permessage-deflate (RFC 7692).
+    pub deflate_negotiated: u64,
+    /// Message bytes given to the compressor (once per broadcast, not per recipient).
+    pub deflate_bytes_in: u64,
+    /// Compressed bytes it produced, for the messages sent compressed.
+    pub deflate_bytes_out: u64,
+    /// Messages sent uncompressed to a deflate peer because compressing did not pay (under
+    /// `--deflate-min-bytes`, or no smaller once compressed).
+    pub deflate_skipped: u64,
+    /// Compressed bytes received and inflated.
+    pub inflate_bytes_in: u64,
+    /// Bytes they inflated to.
+    pub inflate_bytes_out: u64,
 }
 
 /// The transport's gauges, read from the reactor at render time.
@@ -232,6 +245,42 @@ impl Metrics {
             "counter",
             "Pings left unanswered because a later ping in the same read was answered.",
             self.pongs_coalesced.to_string(),
+        );
+        metric(
+            "wisp_deflate_negotiated_total",
+            "counter",
+            "WebSockets that negotiated permessage-deflate.",
+            self.deflate_negotiated.to_string(),
+        );
+        metric(
+            "wisp_deflate_bytes_in_total",
+            "counter",
+            "Message bytes compressed (once per broadcast, whatever the number of recipients).",
+            self.deflate_bytes_in.to_string(),
+        );
+        metric(
+            "wisp_deflate_bytes_out_total",
+            "counter",
+            "Compressed bytes produced from them.",
+            self.deflate_bytes_out.to_string(),
+        );
+        metric(
+            "wisp_deflate_skipped_total",
+            "counter",
+            "Messages sent uncompressed to a deflate peer: too small, or no smaller compressed.",
+            self.deflate_skipped.to_string(),
+        );
+        metric(
+            "wisp_inflate_bytes_in_total",
+            "counter",
+            "Compressed message bytes received.",
+            self.inflate_bytes_in.to_string(),
+        );
+        metric(
+            "wisp_inflate_bytes_out_total",
+            "counter",
+            "Bytes those messages inflated to.",
+            self.inflate_bytes_out.to_string(),
         );
         metric(
             "wisp_handshake_failures_total",

@@ -2,7 +2,9 @@
 //! head (`handshake::parse` + `check_upgrade`) and the frame decoder
 //! (`WebSocket::read`). Arbitrary bytes in arbitrary chunkings never panic and
 //! always make progress or ask for more; valid frame sequences decode to the
-//! same messages under any fragmentation and chunking.
+//! same messages under any fragmentation and chunking. permessage-deflate: any
+//! compressed payload inflates within the limit or fails with 1007/1009, and
+//! compressed messages survive any fragmentation.
 //!
 //! Crashes found by `scripts/fuzz.sh` become regression tests at the end of
 //! this file, named for the failure.
@@ -31,6 +33,8 @@ fn own(ev: Event<'_>) -> Ev {
         Event::Ping(p) => Ev::Ping(p.to_vec()),
         Event::Pong(p) => Ev::Pong(p.to_vec()),
         Event::Close { code, reason } => Ev::Close(code.map(CloseCode::as_u16), reason.to_string()),
+        // `drive` never negotiates permessage-deflate, so RSV1 is refused before this.
+        Event::Compressed(..) => unreachable!("a compressed message without deflate"),
     }
 }
 
@@ -216,7 +220,7 @@ fn stream_strategy() -> impl Strategy<Value = Vec<Planned>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn valid_frames_decode_to_the_same_messages_under_any_chunking(
@@ -403,3 +407,92 @@ fn head_over_8k_is_431_whatever_the_chunking() {
 }
 
 // Regression tests from `scripts/fuzz.sh` crashes go below, one per failure.
+
+/// permessage-deflate: arbitrary bytes as a compressed payload never panic the inflater and never
+/// come out over the limit; compressed messages split into any fragments come back whole.
+mod deflate {
+    use proptest::prelude::*;
+
+    use wisp::protocol::deflate::{Deflater, Inflater};
+    use wisp::protocol::frame::{encode_header, Fin, MAX_HEADER};
+    use wisp::protocol::mask::unmask;
+    use wisp::protocol::websocket::inflate_message;
+    use wisp::protocol::{Event, MessageKind, OpCode, ProtocolError, Role, WebSocket};
+
+    const KEY: [u8; 4] = [1, 2, 3, 4];
+
+    /// A masked client frame with RSV1 as given.
+    fn frame(fin: Fin, opcode: OpCode, rsv1: bool, payload: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; MAX_HEADER];
+        let n = encode_header(&mut h, fin, opcode, payload.len() as u64, Some(KEY));
+        if rsv1 {
+            h[0] |= 0x40;
+        }
+        let mut out = h[..n].to_vec();
+        let mut p = payload.to_vec();
+        unmask(&mut p, KEY, 0);
+        out.extend_from_slice(&p);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_compressed_payloads_never_panic(
+            payload in prop::collection::vec(any::<u8>(), 0..2048),
+            max in prop_oneof![Just(0usize), 1usize..300, Just(65536)],
+            text in any::<bool>(),
+        ) {
+            let kind = if text { MessageKind::Text } else { MessageKind::Binary };
+            let mut inflater = Inflater::new();
+            match inflate_message(&mut inflater, kind, &payload, max) {
+                Ok(Event::Text(t)) => prop_assert!(t.len() <= max),
+                Ok(Event::Binary(b)) => prop_assert!(b.len() <= max),
+                Ok(other) => prop_assert!(false, "{other:?}"),
+                Err(e) => prop_assert!(matches!(
+                    e,
+                    ProtocolError::BadDeflate | ProtocolError::MessageTooBig | ProtocolError::InvalidUtf8
+                )),
+            }
+        }
+
+        #[test]
+        fn compressed_fragments_round_trip(
+            text in "[a-z ]{200,3000}",
+            cuts in prop::collection::vec(1usize..400, 0..8),
+            level in 2u32..10,
+        ) {
+            let mut z = Vec::new();
+            prop_assume!(Deflater::new(level).compress(text.as_bytes(), &mut z));
+            // RSV1 on the first fragment only (RFC 7692 §6.1).
+            let mut wire = Vec::new();
+            let mut rest = &z[..];
+            let mut first = true;
+            for &cut in &cuts {
+                if cut >= rest.len() {
+                    break;
+                }
+                let op = if first { OpCode::Text } else { OpCode::Continue };
+                wire.extend(frame(Fin::More, op, first, &rest[..cut]));
+                rest = &rest[cut..];
+                first = false;
+            }
+            let op = if first { OpCode::Text } else { OpCode::Continue };
+            wire.extend(frame(Fin::Final, op, first, rest));
+            let mut ws = WebSocket::new(Role::Server, 1 << 16).with_deflate();
+            let mut inflater = Inflater::new();
+            let mut at = 0;
+            let mut got = None;
+            while at < wire.len() {
+                let (n, ev) = ws.read(&mut wire[at..]).unwrap();
+                at += n;
+                if let Some(Event::Compressed(kind, payload)) = ev {
+                    let ev = inflate_message(&mut inflater, kind, payload, 1 << 16).unwrap();
+                    got = Some(format!("{ev:?}"));
+                }
+            }
+            prop_assert_eq!(got, Some(format!("{:?}", Event::Text(&text))));
+        }
+    }
+}

@@ -467,6 +467,10 @@ impl Engine {
                         wrote = true;
                     }
                     Some(Event::Pong(_)) => {}
+                    // The generator never offers permessage-deflate.
+                    Some(Event::Compressed(..)) => {
+                        unreachable!("bug: a compressed message without deflate offered")
+                    }
                     Some(Event::Close { .. }) => {
                         end = Some(match c.phase {
                             Phase::Closing { .. } => Ok(()),

@@ -137,7 +137,7 @@ mod tests {
             panic!()
         };
         let accept = check_upgrade(&parsed).unwrap();
-        let resp = switching_protocols(&accept);
+        let resp = switching_protocols(&accept, None);
         assert_eq!(check_response(&resp, &key), Ok(Decoded::Done(resp.len())));
         assert_eq!(check_response(&resp[..10], &key), Ok(Decoded::NeedMore));
         let other = rng.key();

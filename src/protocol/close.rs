@@ -104,14 +104,22 @@ pub enum ProtocolError {
     BadCloseReason,
     /// §8.1: a text message that is not UTF-8.
     InvalidUtf8,
-    /// The message (after reassembly) is over the configured limit.
+    /// The message (after reassembly, or after inflating) is over the configured limit.
     MessageTooBig,
+    /// RFC 7692 §6.1: RSV1 on a frame that may not carry it (a control frame, a continuation
+    /// frame), or on any frame when permessage-deflate was not negotiated.
+    BadCompressedFrame,
+    /// RFC 7692 §7.2.2: a compressed message that is not valid DEFLATE data.
+    BadDeflate,
 }
 
 impl From<&ProtocolError> for CloseCode {
     fn from(e: &ProtocolError) -> CloseCode {
         match e {
-            ProtocolError::InvalidUtf8 | ProtocolError::BadCloseReason => CloseCode::Invalid,
+            // Corrupt DEFLATE data: the payload is inconsistent with its type, as bad UTF-8 is.
+            ProtocolError::InvalidUtf8
+            | ProtocolError::BadCloseReason
+            | ProtocolError::BadDeflate => CloseCode::Invalid,
             ProtocolError::MessageTooBig => CloseCode::Size,
             _ => CloseCode::Protocol,
         }
@@ -134,6 +142,8 @@ impl fmt::Display for ProtocolError {
             ProtocolError::BadCloseReason => "close reason not UTF-8",
             ProtocolError::InvalidUtf8 => "text not UTF-8",
             ProtocolError::MessageTooBig => "message too big",
+            ProtocolError::BadCompressedFrame => "RSV1 where no compressed message may start",
+            ProtocolError::BadDeflate => "compressed message is not valid DEFLATE",
         };
         f.write_str(s)
     }

@@ -13,6 +13,9 @@ use super::close::ProtocolError;
 /// The largest header: 2 bytes, 8 bytes of extended length, 4 bytes of mask.
 pub const MAX_HEADER: usize = 14;
 
+/// RSV1 in the first header byte: "Per-Message Compressed" under permessage-deflate (RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
+
 /// A frame opcode (RFC 6455 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {
@@ -75,6 +78,9 @@ pub enum Fin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub fin: Fin,
+    /// RSV1: whether the frame is marked compressed (RFC 7692 §6). What it may be set on is the
+    /// caller's rule (it depends on what was negotiated).
+    pub rsv1: bool,
     pub opcode: OpCode,
     /// The masking key, present on every client-to-server frame.
     pub mask: Option<[u8; 4]>,
@@ -96,16 +102,17 @@ pub enum Decoded<T> {
 
 /// Decodes the header at the start of `buf`.
 ///
-/// Checks only what the header alone can tell: reserved bits (no extension is
-/// ever negotiated), reserved opcodes, the top bit of a 64-bit length, and the
+/// Checks only what the header alone can tell: RSV2 and RSV3 (no extension
+/// defines them; RSV1 is reported for the caller to judge), reserved opcodes, the top bit of a 64-bit length, and the
 /// control-frame rules of §5.5 (not fragmented, at most 125 bytes).
 pub fn decode_header(buf: &[u8]) -> Result<Decoded<Header>, ProtocolError> {
     let [b0, b1, ..] = *buf else {
         return Ok(Decoded::NeedMore);
     };
     // §5.2: "RSV1, RSV2, RSV3: 1 bit each. MUST be 0 unless an extension is
-    // negotiated that defines meanings for non-zero values."
-    if b0 & 0x70 != 0 {
+    // negotiated that defines meanings for non-zero values." Only permessage-deflate's RSV1
+    // can be negotiated; whether it was is for the caller.
+    if b0 & 0x30 != 0 {
         return Err(ProtocolError::ReservedBits);
     }
     let opcode = OpCode::from_bits(b0 & 0x0F)?;
@@ -157,6 +164,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Decoded<Header>, ProtocolError> {
     };
     Ok(Decoded::Done(Header {
         fin,
+        rsv1: b0 & RSV1 != 0,
         opcode,
         mask,
         payload_len,
@@ -333,7 +341,9 @@ mod tests {
     header_cases! {
         empty_needs_more: &[] => Ok(Decoded::NeedMore);
         one_byte_needs_more: &[0x81] => Ok(Decoded::NeedMore);
-        rsv1_refused: &[0xC1, 0x80] => Err(ProtocolError::ReservedBits);
+        rsv1_reported: &[0xC1, 0x00] => Ok(Decoded::Done(Header {
+            fin: Fin::Final, rsv1: true, opcode: OpCode::Text, mask: None, payload_len: 0, header_len: 2,
+        }));
         rsv2_refused: &[0xA1, 0x80] => Err(ProtocolError::ReservedBits);
         rsv3_refused: &[0x91, 0x80] => Err(ProtocolError::ReservedBits);
         opcode_3_refused: &[0x83, 0x80] => Err(ProtocolError::ReservedOpcode);
@@ -348,16 +358,16 @@ mod tests {
         len64_needs_more: &[0x82, 0xFF, 0, 0, 0, 0] => Ok(Decoded::NeedMore);
         mask_needs_more: &[0x81, 0x85, 1, 2, 3] => Ok(Decoded::NeedMore);
         rfc_masked_hello: &[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f] => Ok(Decoded::Done(Header {
-            fin: Fin::Final, opcode: OpCode::Text, mask: Some([0x37, 0xfa, 0x21, 0x3d]), payload_len: 5, header_len: 6,
+            fin: Fin::Final, rsv1: false, opcode: OpCode::Text, mask: Some([0x37, 0xfa, 0x21, 0x3d]), payload_len: 5, header_len: 6,
         }));
         rfc_fragment: &[0x01, 0x03, b'H'] => Ok(Decoded::Done(Header {
-            fin: Fin::More, opcode: OpCode::Text, mask: None, payload_len: 3, header_len: 2,
+            fin: Fin::More, rsv1: false, opcode: OpCode::Text, mask: None, payload_len: 3, header_len: 2,
         }));
         len16: &[0x82, 0x7E, 0x01, 0x00] => Ok(Decoded::Done(Header {
-            fin: Fin::Final, opcode: OpCode::Binary, mask: None, payload_len: 256, header_len: 4,
+            fin: Fin::Final, rsv1: false, opcode: OpCode::Binary, mask: None, payload_len: 256, header_len: 4,
         }));
         len64: &[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0] => Ok(Decoded::Done(Header {
-            fin: Fin::Final, opcode: OpCode::Binary, mask: None, payload_len: 65536, header_len: 10,
+            fin: Fin::Final, rsv1: false, opcode: OpCode::Binary, mask: None, payload_len: 65536, header_len: 10,
         }));
     }
 

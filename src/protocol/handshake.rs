@@ -18,6 +18,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Most header lines in one request; more is answered 431 as well.
 const MAX_HEADERS: usize = 48;
 
+/// `Sec-WebSocket-Extensions` lines kept from one request; more are ignored (their offers declined).
+pub const MAX_EXTENSION_LINES: usize = 4;
+
 /// §1.3: the GUID appended to the client's key before hashing.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -62,12 +65,19 @@ pub struct Request<'b> {
     pub authorization: Option<&'b str>,
     /// The value of `Sec-WebSocket-Protocol`, if present (§4.2.1 (8)).
     pub protocols: Option<&'b str>,
+    /// The values of the first `Sec-WebSocket-Extensions` lines (§9.1), empty where absent.
+    pub extensions: [&'b [u8]; MAX_EXTENSION_LINES],
 }
 
 impl Request<'_> {
     /// The path part of the target.
     pub fn path(&self) -> &str {
         self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+
+    /// Every `Sec-WebSocket-Extensions` value kept, in order.
+    pub fn extension_lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.extensions.iter().copied().filter(|v| !v.is_empty())
     }
 
     /// The query part of the target, without `?`.
@@ -164,8 +174,10 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
         version: None,
         authorization: None,
         protocols: None,
+        extensions: [&[]; MAX_EXTENSION_LINES],
     };
     let mut chunked = false;
+    let mut extension_lines = 0;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -188,6 +200,11 @@ pub fn parse(buf: &[u8]) -> Result<Decoded<(Request<'_>, usize)>, HandshakeError
             out.authorization = std::str::from_utf8(trim(h.value)).ok();
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             out.protocols = std::str::from_utf8(trim(h.value)).ok();
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            if let Some(slot) = out.extensions.get_mut(extension_lines) {
+                *slot = trim(h.value);
+                extension_lines += 1;
+            }
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = std::str::from_utf8(trim(h.value)).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -295,13 +312,17 @@ pub fn with_subprotocol(mut answer: Vec<u8>, protocol: &str) -> Vec<u8> {
     answer
 }
 
-/// The `101 Switching Protocols` answer.
-pub fn switching_protocols(accept: &[u8; 28]) -> Vec<u8> {
+/// The `101 Switching Protocols` answer, with the `Sec-WebSocket-Extensions` we agreed to (§9.1).
+pub fn switching_protocols(accept: &[u8; 28], extensions: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept);
+    if let Some(ext) = extensions {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(ext.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
     out
 }
@@ -316,7 +337,7 @@ mod tests {
 
     #[test]
     fn subprotocol_line_goes_before_the_blank_line() {
-        let out = with_subprotocol(switching_protocols(&[b'a'; 28]), "wisp");
+        let out = with_subprotocol(switching_protocols(&[b'a'; 28], None), "wisp");
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.ends_with("\r\nSec-WebSocket-Protocol: wisp\r\n\r\n"),
@@ -389,8 +410,22 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrig
         assert_eq!(r.path(), "/echo");
         assert_eq!(r.origin, Some("http://a.example"));
         assert_eq!(&check_upgrade(&r).unwrap(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        let resp = switching_protocols(&check_upgrade(&r).unwrap());
+        let resp = switching_protocols(&check_upgrade(&r).unwrap(), None);
         assert!(resp.starts_with(b"HTTP/1.1 101 "));
+        assert_eq!(r.extension_lines().count(), 0);
+    }
+
+    #[test]
+    fn extension_lines_are_kept_in_order() {
+        let bytes = with(
+            "Host: x\r\n",
+            "Host: x\r\nSec-WebSocket-Extensions: foo\r\nsec-websocket-extensions:  permessage-deflate \r\n",
+        );
+        let r = parsed(&bytes);
+        let lines: Vec<&[u8]> = r.extension_lines().collect();
+        assert_eq!(lines, [&b"foo"[..], b"permessage-deflate"]);
+        let resp = switching_protocols(&check_upgrade(&r).unwrap(), Some("permessage-deflate"));
+        assert!(resp.ends_with(b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
@@ -14,4 +15,4 @@ pub mod websocket;
 
 pub use close::{CloseCode, ProtocolError};
 pub use frame::{Decoded, OpCode};
-pub use websocket::{Event, Role, WebSocket};
+pub use websocket::{Event, MessageKind, Role, WebSocket};

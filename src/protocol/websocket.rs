@@ -8,12 +8,18 @@
 //! heap buffer, which is freed as soon as the message is delivered, so an idle
 //! connection holds nothing.
 //!
+//! Under permessage-deflate (RFC 7692) a message whose first frame carries RSV1
+//! comes out as [`Event::Compressed`], its payload still compressed; the
+//! caller inflates it with the shared [`Inflater`] through [`inflate_message`],
+//! so no connection keeps a decompressor.
+//!
 //! This module knows nothing of sockets, clocks or the chat. What to do about
 //! an event (answer a ping, echo a close, fail the connection with the code
 //! `CloseCode::from(&err)`) is the caller's decision; the close handshake's
 //! timing lives in the reactor.
 
 use super::close::{parse_close_payload, CloseCode, ProtocolError};
+use super::deflate::Inflater;
 use super::frame::{decode_header, Decoded, Fin, Header, OpCode};
 use super::mask::unmask;
 use super::utf8::Utf8Validator;
@@ -34,6 +40,9 @@ pub enum Event<'a> {
     Text(&'a str),
     /// A complete binary message.
     Binary(&'a [u8]),
+    /// A complete compressed message (RSV1 on its first frame, RFC 7692 §6), payload as received:
+    /// hand it to [`inflate_message`]. Only when permessage-deflate was negotiated.
+    Compressed(MessageKind, &'a [u8]),
     /// A ping; answer it with a pong carrying the same payload (§5.5.2).
     Ping(&'a [u8]),
     /// A pong (answer to our ping, or unsolicited heartbeat).
@@ -47,9 +56,9 @@ pub enum Event<'a> {
     },
 }
 
-/// The kind of data message being assembled.
+/// The kind of a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum MessageKind {
     Text,
     Binary,
 }
@@ -68,8 +77,11 @@ struct PartialFrame {
 /// A message spread over several frames or several reads.
 #[derive(Debug)]
 struct Assembly {
-    kind: Kind,
-    /// Unmasked payload so far. INVARIANT: `data.len() <= max_message`.
+    kind: MessageKind,
+    /// RSV1 was on the first frame: `data` is DEFLATE data, checked for UTF-8 only once inflated.
+    compressed: bool,
+    /// Unmasked payload so far. INVARIANT: `data.len() <= max_message` (its compressed bound,
+    /// [`compressed_limit`], for a compressed message).
     data: Vec<u8>,
     utf8: Utf8Validator,
     /// The data frame currently arriving, if its payload is incomplete.
@@ -87,6 +99,15 @@ pub struct WebSocket {
     /// 32 bits keep this struct at two words, and the option caps it at 1 GiB).
     max_message: u32,
     role: Role,
+    /// permessage-deflate was negotiated: RSV1 may start a compressed message.
+    deflate: bool,
+}
+
+/// Most compressed bytes accepted for a message of at most `max` bytes: DEFLATE's own worst case
+/// (stored blocks, 5 bytes per block of up to 64 KiB) with room to spare; past it the message could
+/// not inflate to `max` or less without being padded with empty blocks, which we do not take.
+pub fn compressed_limit(max: usize) -> usize {
+    max + max / 64 + 64
 }
 
 impl WebSocket {
@@ -96,7 +117,19 @@ impl WebSocket {
             assembly: None,
             max_message: max_message.min(u32::MAX as usize) as u32,
             role,
+            deflate: false,
         }
+    }
+
+    /// The same, with permessage-deflate negotiated: RSV1 marks a compressed message.
+    pub fn with_deflate(mut self) -> WebSocket {
+        self.deflate = true;
+        self
+    }
+
+    /// Largest message accepted (after inflating, for a compressed one).
+    pub fn max_message(&self) -> usize {
+        self.max_message as usize
     }
 
     /// Whether a message or a frame is half-received (and so heap is held).
@@ -131,12 +164,23 @@ impl WebSocket {
             (Role::Client, Some(_)) => return Err(ProtocolError::MaskedFrame),
             _ => {}
         }
+        if header.rsv1 {
+            // RFC 6455 §5.2: RSV1 "MUST be 0 unless an extension is negotiated".
+            if !self.deflate {
+                return Err(ProtocolError::ReservedBits);
+            }
+            // RFC 7692 §6.1: "An endpoint MUST NOT set the "Per-Message Compressed" bit of
+            // control frames and non-first fragments of a data message."
+            if header.opcode.is_control() || header.opcode == OpCode::Continue {
+                return Err(ProtocolError::BadCompressedFrame);
+            }
+        }
         if header.opcode.is_control() {
             return self.control_frame(header, buf);
         }
         let kind = match (header.opcode, &self.assembly) {
-            (OpCode::Text, None) => Kind::Text,
-            (OpCode::Binary, None) => Kind::Binary,
+            (OpCode::Text, None) => MessageKind::Text,
+            (OpCode::Binary, None) => MessageKind::Binary,
             (OpCode::Continue, Some(a)) => a.kind,
             // §5.4: fragments of one message must not interleave with another.
             (OpCode::Text | OpCode::Binary, Some(_)) => {
@@ -145,9 +189,19 @@ impl WebSocket {
             (OpCode::Continue, None) => return Err(ProtocolError::UnexpectedContinuation),
             _ => unreachable!("bug: control opcodes handled above"),
         };
+        let compressed = match &self.assembly {
+            Some(a) => a.compressed,
+            None => header.rsv1,
+        };
         let so_far = self.assembly.as_ref().map_or(0, |a| a.data.len()) as u64;
-        // Checked before any byte of the payload is kept or any buffer sized by it.
-        if so_far + header.payload_len > self.max_message as u64 {
+        let limit = if compressed {
+            compressed_limit(self.max_message as usize)
+        } else {
+            self.max_message as usize
+        };
+        // Checked before any byte of the payload is kept or any buffer sized by it. A compressed
+        // message is checked again, against `max_message`, while it is inflated.
+        if so_far + header.payload_len > limit as u64 {
             return Err(ProtocolError::MessageTooBig);
         }
         let len = header.payload_len as usize;
@@ -160,10 +214,11 @@ impl WebSocket {
                 unmask(payload, key, 0);
             }
             let event = match kind {
-                Kind::Text => Event::Text(
+                _ if compressed => Event::Compressed(kind, payload),
+                MessageKind::Text => Event::Text(
                     std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
                 ),
-                Kind::Binary => Event::Binary(payload),
+                MessageKind::Binary => Event::Binary(payload),
             };
             return Ok((total, Some(event)));
         }
@@ -172,6 +227,7 @@ impl WebSocket {
         let assembly = self.assembly.get_or_insert_with(|| {
             Box::new(Assembly {
                 kind,
+                compressed,
                 // Sized by the first frame only: a peer announcing a large
                 // fragment must then actually send it before we grow further.
                 data: Vec::with_capacity(len.min(64 * 1024)),
@@ -202,7 +258,7 @@ impl WebSocket {
         if let Some(key) = f.mask {
             unmask(piece, key, f.offset);
         }
-        if a.kind == Kind::Text {
+        if a.kind == MessageKind::Text && !a.compressed {
             // Fail on the first invalid byte, even mid-frame (§8.1; Autobahn 6.4.x).
             a.utf8.feed(piece).map_err(|_| ProtocolError::InvalidUtf8)?;
         }
@@ -220,13 +276,14 @@ impl WebSocket {
         }
         a.delivered = true;
         let event = match a.kind {
-            Kind::Text => {
+            kind if a.compressed => Event::Compressed(kind, &a.data),
+            MessageKind::Text => {
                 a.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                 // SAFETY: every byte of `data` went through `a.utf8.feed` in order
                 // and `finish` saw no sequence left open, so `data` is UTF-8.
                 Event::Text(unsafe { std::str::from_utf8_unchecked(&a.data) })
             }
-            Kind::Binary => Event::Binary(&a.data),
+            MessageKind::Binary => Event::Binary(&a.data),
         };
         Ok((consumed, Some(event)))
     }
@@ -256,6 +313,24 @@ impl WebSocket {
         };
         Ok((total, Some(event)))
     }
+}
+
+/// Inflates a compressed message ([`Event::Compressed`]) with the shared `inflater`: its text or
+/// binary event, borrowing the inflater's output. Fails with 1009 as soon as the output passes
+/// `max` bytes, 1007 for data that is not DEFLATE or text that is not UTF-8.
+pub fn inflate_message<'a>(
+    inflater: &'a mut Inflater,
+    kind: MessageKind,
+    payload: &[u8],
+    max: usize,
+) -> Result<Event<'a>, ProtocolError> {
+    let data = inflater.inflate(payload, max)?;
+    Ok(match kind {
+        MessageKind::Text => {
+            Event::Text(std::str::from_utf8(data).map_err(|_| ProtocolError::InvalidUtf8)?)
+        }
+        MessageKind::Binary => Event::Binary(data),
+    })
 }
 
 #[cfg(test)]
@@ -292,11 +367,19 @@ mod tests {
     fn run(ws: &mut WebSocket, input: &[u8], step: usize) -> Result<Vec<String>, ProtocolError> {
         let mut pending: Vec<u8> = Vec::new();
         let mut events = Vec::new();
+        let mut inflater = Inflater::new();
+        let max = ws.max_message();
         for chunk in input.chunks(step.max(1)) {
             pending.extend_from_slice(chunk);
             loop {
                 let (n, ev) = ws.read(&mut pending)?;
-                if let Some(ev) = ev {
+                if let Some(Event::Compressed(kind, payload)) = ev {
+                    events.push(match inflate_message(&mut inflater, kind, payload, max)? {
+                        Event::Text(t) => format!("ztext:{t}"),
+                        Event::Binary(b) => format!("zbinary:{}", b.len()),
+                        _ => unreachable!(),
+                    });
+                } else if let Some(ev) = ev {
                     events.push(match ev {
                         Event::Text(t) => format!("text:{t}"),
                         Event::Binary(b) => format!("binary:{}", b.len()),
@@ -305,6 +388,7 @@ mod tests {
                         Event::Close { code, reason } => {
                             format!("close:{}:{reason}", code.map_or(0, CloseCode::as_u16))
                         }
+                        Event::Compressed(..) => unreachable!(),
                     });
                 }
                 pending.drain(..n);
@@ -326,6 +410,101 @@ mod tests {
             assert_eq!(run(&mut server(), input, step), whole, "step {step}");
         }
         whole
+    }
+
+    /// The same, on a connection that negotiated permessage-deflate, limited to `max` bytes.
+    fn run_deflate(input: &[u8], max: usize) -> Result<Vec<String>, ProtocolError> {
+        let ws = || WebSocket::new(Role::Server, max).with_deflate();
+        let whole = run(&mut ws(), input, input.len());
+        for step in [1, 3, 64] {
+            assert_eq!(run(&mut ws(), input, step), whole, "step {step}");
+        }
+        whole
+    }
+
+    /// `text` compressed as one RFC 7692 message (no context takeover).
+    fn deflated(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        assert!(crate::protocol::deflate::Deflater::new(6).compress(text, &mut out));
+        out
+    }
+
+    #[test]
+    fn compressed_single_frame_and_fragments_with_a_ping_between() {
+        let z = deflated("héllo ".repeat(50).as_bytes());
+        let mut input = raw(0xC1, &z);
+        // RFC 7692 §6.1: RSV1 on the first fragment only; a ping may come between fragments.
+        let (a, b) = z.split_at(z.len() / 2);
+        input.extend(raw(0x40 | 0x1, a));
+        input.extend(frame(true, 9, b"hb"));
+        input.extend(raw(0x80, b));
+        input.extend(raw(0xC2, &deflated(&[7u8; 5000])));
+        input.extend(frame(true, 1, b"plain"));
+        let text = format!("ztext:{}", "héllo ".repeat(50));
+        assert_eq!(
+            run_deflate(&input, 1 << 20).unwrap(),
+            [
+                &text[..],
+                "ping:hb",
+                &text[..],
+                "zbinary:5000",
+                "text:plain"
+            ]
+        );
+    }
+
+    #[test]
+    fn deflate_bomb_is_1009_while_inflating() {
+        // 1 MiB of zeros compresses to about 1 KiB: well under the compressed bound of a
+        // 64 KiB limit, so only the inflating can stop it.
+        let input = raw(0xC2, &deflated(&vec![0u8; 1 << 20]));
+        let err = run_deflate(&input, 65536).unwrap_err();
+        assert_eq!(
+            (err, CloseCode::from(&err).as_u16()),
+            (ProtocolError::MessageTooBig, 1009)
+        );
+    }
+
+    #[test]
+    fn compressed_payload_over_its_bound_is_1009_from_the_header() {
+        let mut ws = WebSocket::new(Role::Server, 1000).with_deflate();
+        let mut header = raw(0xC2, &[0; 2000]);
+        header.truncate(8);
+        assert_eq!(ws.read(&mut header), Err(ProtocolError::MessageTooBig));
+    }
+
+    #[test]
+    fn deflate_refusals() {
+        let cases: [(Vec<u8>, ProtocolError, u16); 5] = [
+            (
+                raw(0xC1, &[0xff, 0xff, 0xff]),
+                ProtocolError::BadDeflate,
+                1007,
+            ),
+            // Inflates fine, but to text that is not UTF-8.
+            (
+                raw(0xC1, &deflated(&[0xc0; 300])),
+                ProtocolError::InvalidUtf8,
+                1007,
+            ),
+            // RFC 7692 §6.1: no RSV1 on control frames or continuations.
+            (raw(0xC9, b""), ProtocolError::BadCompressedFrame, 1002),
+            (
+                [raw(0x41, &deflated(&[b'a'; 300])[..3]), raw(0xC0, b"x")].concat(),
+                ProtocolError::BadCompressedFrame,
+                1002,
+            ),
+            // RSV2 stays reserved.
+            (raw(0xA1, b"x"), ProtocolError::ReservedBits, 1002),
+        ];
+        for (input, err, code) in cases {
+            let got = run_deflate(&input, 1 << 20).unwrap_err();
+            assert_eq!(
+                (got, CloseCode::from(&got).as_u16()),
+                (err, code),
+                "{input:x?}"
+            );
+        }
     }
 
     #[test]

@@ -225,6 +225,13 @@ pub(crate) mod flag {
     pub(crate) const READY: u8 = 4;
     /// The service asked to hear when its output has drained.
     pub(crate) const DRAIN: u8 = 8;
+    /// permessage-deflate was negotiated: data messages may go compressed (RSV1). Only a bit: no
+    /// context is kept between messages either way (`protocol::deflate`), so a deflate peer costs
+    /// nothing more than another while idle.
+    pub(crate) const DEFLATE: u8 = 16;
+    /// The peer limited our window (`server_max_window_bits`): only messages of at most
+    /// `deflate::SMALL_WINDOW` bytes go compressed to it.
+    pub(crate) const SMALL_WINDOW: u8 = 32;
 }
 
 /// One connection's slot in the slab.

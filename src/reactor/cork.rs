@@ -17,6 +17,9 @@ use super::service::Shared;
 /// bounded whatever the turn does (thousands of HTTP answers, a flood of echoes).
 pub(crate) const CORK_FLUSH: usize = 8 << 20;
 
+/// In [`Cork::twins`]: the compressed twin is not made yet.
+pub(crate) const TWIN_PENDING: u32 = NONE - 1;
+
 /// Slices per `writev`: enough for a busy turn's frames to one peer, and cheap to set up (the
 /// profile showed a 64-entry array costing more than the syscall's own user-space work); longer
 /// lists take more rounds.
@@ -30,6 +33,9 @@ const IOV_BATCH: usize = 16;
 #[derive(Debug, Default)]
 pub(crate) struct Cork {
     pub(crate) shared: Vec<SharedFrame>,
+    /// For each of `shared`: the index of its compressed twin (permessage-deflate), `NONE` when it
+    /// has none, [`TWIN_PENDING`] until a deflate peer first asks for it. A twin has none itself.
+    pub(crate) twins: Vec<u32>,
     pub(crate) bytes: Vec<u8>,
     pub(crate) nodes: Vec<Node>,
     /// Slab indices with a list this turn, each once.
@@ -96,10 +102,18 @@ impl Cork {
     /// Makes `frame` available to this turn's lists; returns its index for [`Item::Shared`].
     pub(crate) fn share(&mut self, frame: &SharedFrame) -> Shared {
         self.shared.push(frame.clone());
+        self.twins.push(TWIN_PENDING);
         Shared {
             index: (self.shared.len() - 1) as u32,
             len: frame.frame().len() as u32,
         }
+    }
+
+    /// Adds the compressed twin of a shared frame; returns its index.
+    pub(crate) fn share_twin(&mut self, twin: SharedFrame) -> u32 {
+        self.shared.push(twin);
+        self.twins.push(NONE);
+        (self.shared.len() - 1) as u32
     }
 
     /// Appends `item` to `conn`'s list for this turn.
@@ -142,6 +156,7 @@ impl Cork {
     /// still get their end-of-turn flush, which applies the consequences).
     pub(crate) fn clear_items(&mut self) {
         self.shared.clear();
+        self.twins.clear();
         self.nodes.clear();
         self.bytes.clear();
     }
@@ -166,6 +181,7 @@ impl Cork {
         }
         if self.shared.capacity() > KEEP_NODES {
             self.shared.shrink_to(KEEP_NODES / 4);
+            self.twins.shrink_to(KEEP_NODES / 4);
         }
     }
 }

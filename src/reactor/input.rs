@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use log::debug;
 
 use crate::protocol::close::write_close_payload;
+use crate::protocol::deflate::{self, Agreement};
 use crate::protocol::handshake;
+use crate::protocol::websocket::inflate_message;
 use crate::protocol::{CloseCode, Decoded, Event, OpCode, Role, WebSocket};
 
 use super::conn::{flag, Phase};
@@ -228,12 +230,19 @@ impl<S: Service> Running<S> {
                     buf.len()
                 }
                 Ok(accept) => {
-                    let mut answer = handshake::switching_protocols(&accept);
+                    // RFC 7692 §7.1: accept the first permessage-deflate offer we can, if on.
+                    let agreed = self
+                        .core
+                        .limits
+                        .deflate
+                        .and_then(|_| deflate::negotiate(req.extension_lines()));
+                    let extensions = agreed.map(|a| a.response());
+                    let mut answer = handshake::switching_protocols(&accept, extensions.as_deref());
                     if let Some(protocol) = S::subprotocol(&opening) {
                         answer = handshake::with_subprotocol(answer, protocol);
                     }
                     self.core.send_bytes(key, &answer);
-                    self.open(key, peer, opening);
+                    self.open(key, peer, opening, agreed);
                     len
                 }
             },
@@ -241,20 +250,35 @@ impl<S: Service> Running<S> {
     }
 
     /// The upgrade succeeded: the service attaches the connection to its endpoint.
-    fn open(&mut self, key: ConnKey, peer: IpAddr, opening: S::Opening) {
+    fn open(
+        &mut self,
+        key: ConnKey,
+        peer: IpAddr,
+        opening: S::Opening,
+        deflate: Option<Agreement>,
+    ) {
         let Running { core, svc } = self;
         let endpoint = svc.handle_open(&mut Io { core }, key, peer, opening);
         self.core.websockets += 1;
         let tick = self.core.tick32();
         let ping = self.core.limits.ping_ticks;
         let max_message = self.core.limits.max_message_bytes;
+        if deflate.is_some() {
+            self.core.metrics.deflate_negotiated += 1;
+        }
         let Some(c) = self.core.conn_mut(key) else {
             return;
         };
-        c.phase = Phase::Open {
-            ws: WebSocket::new(Role::Server, max_message),
-            endpoint,
+        let ws = WebSocket::new(Role::Server, max_message);
+        let ws = match deflate {
+            Some(a) => {
+                c.set(flag::DEFLATE, true);
+                c.set(flag::SMALL_WINDOW, a.small_window());
+                ws.with_deflate()
+            }
+            None => ws,
         };
+        c.phase = Phase::Open { ws, endpoint };
         c.progress = tick;
         debug!("connection {} open on {endpoint:?}", key.index);
         // The handshake deadline's entry stays the live one when it comes
@@ -287,6 +311,7 @@ impl<S: Service> Running<S> {
         let mut pong = [0u8; 125];
         let mut pong_len: Option<usize> = None;
         let mut pings = 0usize;
+        let max = ws.max_message();
         while used < buf.len() {
             match ws.read(&mut buf[used..]) {
                 Ok((0, None)) => break,
@@ -321,6 +346,37 @@ impl<S: Service> Running<S> {
                                 self.core.send_frame(key, OpCode::Pong, &pong[..n]);
                             }
                             self.message(key, &mut endpoint, Message::Binary(data))
+                        }
+                        Some(Event::Compressed(kind, payload)) => {
+                            if let Some(n) = pong_len.take() {
+                                self.core.send_frame(key, OpCode::Pong, &pong[..n]);
+                            }
+                            // The one inflater, out of the core while the service has the message.
+                            let mut inflater = self.core.inflater.take().unwrap_or_default();
+                            let stop = match inflate_message(&mut inflater, kind, payload, max) {
+                                Ok(event) => {
+                                    let m = &mut self.core.metrics;
+                                    m.inflate_bytes_in += payload.len() as u64;
+                                    let message = match event {
+                                        Event::Text(t) => Message::Text(t),
+                                        Event::Binary(b) => Message::Binary(b),
+                                        _ => unreachable!("bug: inflated to a non-data event"),
+                                    };
+                                    m.inflate_bytes_out += match message {
+                                        Message::Text(t) => t.len(),
+                                        Message::Binary(b) => b.len(),
+                                    }
+                                        as u64;
+                                    self.message(key, &mut endpoint, message)
+                                }
+                                Err(e) => {
+                                    self.core.metrics.protocol_errors += 1;
+                                    debug!("compressed message on {}: {e}", key.index);
+                                    Some(Stop::Fail(CloseCode::from(&e), "bad compressed message"))
+                                }
+                            };
+                            self.core.inflater = Some(inflater);
+                            stop
                         }
                         Some(Event::Close { code, .. }) => {
                             if let Some(n) = pong_len.take() {

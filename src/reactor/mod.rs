@@ -1,7 +1,8 @@
 //! The reactor: one `mio::Poll`, one thread, every connection.
 //!
 //! Owns the sockets, the slab of `Conn`s, the one shared receive buffer, the per-turn output cork,
-//! the timer wheel, the turn, and every budget a peer can spend of them. It is the only module that
+//! the timer wheel, the turn, every budget a peer can spend of them, and permessage-deflate's one
+//! compressor and one inflater (no connection keeps compression state: `protocol::deflate`). It is the only module that
 //! reads clocks and touches sockets. It moves bytes and nothing else: what it decodes (a request head,
 //! a data message, a close, a due deadline, a wake-up from another thread) it hands to a [`Service`]
 //! through the one interface in [`service`], and it takes back what to write, to whom, and what to
@@ -47,8 +48,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::{Config, CLOSE_TIMEOUT};
+use crate::config::{Config, DeflateConfig, CLOSE_TIMEOUT};
 use crate::metrics::{Metrics, Transport};
+use crate::protocol::deflate::{Deflater, Inflater};
 use crate::protocol::{CloseCode, OpCode};
 use conn::{flag, Conn, Phase, NONE};
 use cork::Cork;
@@ -106,6 +108,8 @@ struct Limits {
     idle_ticks: u32,
     handshake_ticks: u32,
     close_ticks: u32,
+    /// permessage-deflate; `None` under `--no-deflate`.
+    deflate: Option<DeflateConfig>,
 }
 
 impl Limits {
@@ -125,6 +129,7 @@ impl Limits {
             idle_ticks: ticks(cfg.idle_timeout),
             handshake_ticks: ticks(cfg.handshake_timeout),
             close_ticks: ticks(CLOSE_TIMEOUT),
+            deflate: cfg.deflate,
         }
     }
 }
@@ -175,7 +180,17 @@ pub struct Core<S: Service> {
     reading: Option<ConnKey>,
     /// An endpoint the service gave the connection being read, applied when the call returns.
     reattached: Option<S::Endpoint>,
+    /// permessage-deflate's one compressor, for every connection that negotiated it (no context
+    /// takeover: `protocol::deflate`). `None` under `--no-deflate`.
+    deflater: Option<Deflater>,
+    /// Where the compressor builds a frame. Kept at most [`ZBUF_KEEP`] bytes between messages.
+    zbuf: Vec<u8>,
+    /// The one inflater, made at the first compressed message and taken out while in use.
+    inflater: Option<Box<Inflater>>,
 }
+
+/// Capacity of `Core::zbuf` kept after a large message.
+const ZBUF_KEEP: usize = 64 * 1024;
 
 /// The bound daemon, before it serves.
 pub struct Reactor {
@@ -248,6 +263,9 @@ impl Reactor {
                 shutdown: None,
                 reading: None,
                 reattached: None,
+                deflater: self.limits.deflate.map(|d| Deflater::new(d.level)),
+                zbuf: Vec::new(),
+                inflater: None,
             },
             svc: service,
         };

@@ -4,13 +4,14 @@
 use log::debug;
 
 use crate::protocol::close::write_close_payload;
-use crate::protocol::frame::{encode_header, Fin, MAX_HEADER};
+use crate::protocol::deflate::SMALL_WINDOW;
+use crate::protocol::frame::{decode_header, encode_header, Decoded, Fin, SharedFrame, MAX_HEADER};
 use crate::protocol::{CloseCode, OpCode};
 
 use super::conn::{flag, Phase, NONE};
-use super::cork::{self, Item, CORK_FLUSH};
+use super::cork::{self, Item, CORK_FLUSH, TWIN_PENDING};
 use super::service::{Departure, Io, Service, Shared};
-use super::{ConnKey, Core, Running, CORK_FLUSH_NODES};
+use super::{ConnKey, Core, Running, CORK_FLUSH_NODES, ZBUF_KEEP};
 
 impl<S: Service> Core<S> {
     /// Queues raw bytes (an HTTP answer) for one connection.
@@ -22,7 +23,8 @@ impl<S: Service> Core<S> {
         self.check_cork();
     }
 
-    /// Queues one frame for one connection, header and payload copied once.
+    /// Queues one frame for one connection, header and payload copied once; a data frame for a
+    /// deflate peer goes compressed when that pays.
     pub(super) fn send_frame(&mut self, key: ConnKey, opcode: OpCode, payload: &[u8]) {
         let Some(c) = self
             .conns
@@ -31,6 +33,26 @@ impl<S: Service> Core<S> {
         else {
             return;
         };
+        if c.has(flag::DEFLATE) && matches!(opcode, OpCode::Text | OpCode::Binary) {
+            let min = self.limits.deflate.map_or(usize::MAX, |d| d.min_bytes);
+            let fits = !c.has(flag::SMALL_WINDOW) || payload.len() <= SMALL_WINDOW;
+            let frame = match self.deflater.as_mut() {
+                Some(d) if payload.len() >= min && fits => d.frame(opcode, payload, &mut self.zbuf),
+                _ => None,
+            };
+            if let Some(frame) = frame {
+                self.metrics.deflate_bytes_in += payload.len() as u64;
+                self.metrics.deflate_bytes_out += frame.len() as u64;
+                self.cork.push_local(key.index, c, &[frame]);
+                self.metrics.messages_sent += 1;
+                if self.zbuf.capacity() > ZBUF_KEEP {
+                    self.zbuf = Vec::new();
+                }
+                self.check_cork();
+                return;
+            }
+            self.metrics.deflate_skipped += 1;
+        }
         let mut header = [0u8; MAX_HEADER];
         let h = encode_header(&mut header, Fin::Final, opcode, payload.len() as u64, None);
         self.cork.push_local(key.index, c, &[&header[..h], payload]);
@@ -41,19 +63,76 @@ impl<S: Service> Core<S> {
     }
 
     #[inline]
+    /// Links shared frame `frame` into one connection's list: for a deflate peer its compressed
+    /// twin, made once per shared frame at the first such peer (and not at all without one).
     pub(super) fn send_shared(&mut self, key: ConnKey, frame: Shared) {
+        let Some(c) = self.conn(key) else {
+            return;
+        };
+        let (item, len) = if c.has(flag::DEFLATE) {
+            let twin = self.twin_of(frame.index, c.has(flag::SMALL_WINDOW));
+            if twin == frame.index {
+                (twin, frame.len)
+            } else {
+                (twin, self.cork.shared[twin as usize].frame().len() as u32)
+            }
+        } else {
+            (frame.index, frame.len)
+        };
         if let Some(c) = self
             .conns
             .get_mut(key.index as usize)
             .filter(|c| c.gen == key.gen)
         {
-            self.cork
-                .link(key.index, c, Item::Shared(frame.index), frame.len);
+            self.cork.link(key.index, c, Item::Shared(item), len);
             self.metrics.messages_sent += 1;
             if self.cork.nodes.len() >= CORK_FLUSH_NODES {
                 self.flush_cork();
             }
         }
+    }
+
+    /// What a deflate peer gets for shared frame `i`: its compressed twin when there is one (and it
+    /// fits the peer's window), else `i` itself.
+    fn twin_of(&mut self, i: u32, small_window: bool) -> u32 {
+        let mut twin = self.cork.twins[i as usize];
+        if twin == TWIN_PENDING {
+            twin = self.compress_shared(i);
+            self.cork.twins[i as usize] = twin;
+        }
+        if twin == NONE || (small_window && self.cork.shared[i as usize].text_len() > SMALL_WINDOW)
+        {
+            i
+        } else {
+            twin
+        }
+    }
+
+    /// Compresses shared frame `i` once into a shared frame of its own; `NONE` when that does not
+    /// pay (small, incompressible) or deflate is off.
+    fn compress_shared(&mut self, i: u32) -> u32 {
+        let original: SharedFrame = self.cork.shared[i as usize].clone();
+        let bytes = original.frame();
+        let Ok(Decoded::Done(h)) = decode_header(bytes) else {
+            unreachable!("bug: a shared frame without a header")
+        };
+        let payload = &bytes[h.header_len..];
+        let min = self.limits.deflate.map_or(usize::MAX, |d| d.min_bytes);
+        let frame = match self.deflater.as_mut() {
+            Some(d) if payload.len() >= min => d.frame(h.opcode, payload, &mut self.zbuf),
+            _ => None,
+        };
+        let Some(frame) = frame else {
+            self.metrics.deflate_skipped += 1;
+            return NONE;
+        };
+        self.metrics.deflate_bytes_in += payload.len() as u64;
+        self.metrics.deflate_bytes_out += frame.len() as u64;
+        let twin = SharedFrame::new(std::rc::Rc::from(frame), frame.len());
+        if self.zbuf.capacity() > ZBUF_KEEP {
+            self.zbuf = Vec::new();
+        }
+        self.cork.share_twin(twin)
     }
 
     pub(super) fn check_cork(&mut self) {

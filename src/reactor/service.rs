@@ -18,6 +18,10 @@
 //! service queues frames (one connection's own, or one shared frame for many), arms its deadlines,
 //! reads the clocks and the transport's counters, and asks for connections to be closed. A close
 //! asked for through `Io` takes effect when the call returns, so a service is never re-entered.
+//!
+//! permessage-deflate stays below this seam: a compressed message reaches the service inflated, and
+//! a frame the service sends goes compressed to the connections that negotiated it. The service
+//! shares one frame; the reactor chooses, per recipient, that frame or its compressed twin.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -188,7 +192,8 @@ impl<S: Service> Io<'_, S> {
         (&self.core.metrics, self.core.transport())
     }
 
-    /// Queues one frame for one connection (copied once into this turn's output).
+    /// Queues one frame for one connection (copied once into this turn's output; a data frame
+    /// compressed first when the connection negotiated permessage-deflate and that pays).
     pub fn send_frame(&mut self, conn: ConnKey, opcode: OpCode, payload: &[u8]) {
         self.core.send_frame(conn, opcode, payload);
     }
@@ -203,7 +208,10 @@ impl<S: Service> Io<'_, S> {
         self.core.cork.share(frame)
     }
 
-    /// Links a shared frame into one connection's output (no copy). Stale keys are skipped.
+    /// Links a shared frame into one connection's output (no copy). Stale keys are skipped. A
+    /// connection that negotiated permessage-deflate gets the frame's compressed twin instead,
+    /// made once per shared frame at the first such connection (or the frame itself when
+    /// compressing does not pay).
     pub fn send_shared(&mut self, conn: ConnKey, frame: Shared) {
         self.core.send_shared(conn, frame);
     }

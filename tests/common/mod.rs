@@ -449,6 +449,8 @@ impl Frame {
             Event::Close { code, reason } => {
                 Frame::Close(code.map(|c| c.as_u16()), reason.to_string())
             }
+            // The test client never offers permessage-deflate.
+            Event::Compressed(..) => panic!("the server sent a compressed message unasked"),
         }
     }
 }

@@ -203,6 +203,41 @@ test('a message reaches both, marked as own for the sender', async () => {
   assert.equal(await alice.getByRole('textbox', { name: 'Message', exact: true }).inputValue(), '', 'the field is cleared after sending');
 });
 
+test('Chromium negotiates permessage-deflate and a large message round-trips compressed', async () => {
+  // The chat page's own socket.
+  const { alice } = pages;
+  const chat = await alice.evaluate(() => window.__test.sockets.at(-1).extensions);
+  assert.match(chat, /^permessage-deflate/);
+  // A socket of its own, in a page without the test's socket instrumentation.
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(baseUrl());
+  const wsUrl = baseUrl().replace(/^http/, 'ws') + 'echo';
+  const { extensions, same } = await page.evaluate(async (url) => {
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    // About 40 KB: under the default --max-message-bytes (64 KiB).
+    const text = JSON.stringify(Array.from({ length: 1000 }, (_, i) => ({ id: i, content: 'hello from chromium' })));
+    const echoed = new Promise((resolve, reject) => {
+      ws.onmessage = (e) => resolve(e.data);
+      ws.onclose = (e) => reject(new Error(`closed ${e.code} ${e.reason}`));
+    });
+    ws.send(text);
+    const got = await echoed;
+    ws.close(1000);
+    return { extensions: ws.extensions, same: got === text };
+  }, wsUrl);
+  await context.close();
+  assert.match(extensions, /^permessage-deflate/);
+  assert.match(extensions, /client_no_context_takeover/);
+  assert.ok(same, 'the echo is the message sent');
+  const metrics = await (await fetch(baseUrl() + 'metrics')).text();
+  const value = (name) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1]);
+  assert.ok(value('wisp_inflate_bytes_in_total') > 0, 'the browser sent it compressed');
+  assert.ok(value('wisp_deflate_bytes_out_total') > 0, 'wisp sent compressed frames back');
+  assert.ok(value('wisp_deflate_negotiated_total') >= 3, 'both pages and the echo socket negotiated it');
+});
+
 test('screenshot of a short conversation', { skip: process.env.WISP_SCREENSHOT !== '1' }, async () => {
   // Its own room, so the picture shows a join line and tidy names; one page
   // light and one dark (prefers-color-scheme).

@@ -261,10 +261,10 @@ def frame(opcode, payload=b"", fin=True, mask=True, rsv=0):
 class RawWS(Raw):
     """A raw socket that did the upgrade: frames in and out by hand."""
 
-    def __init__(self, server, path="/echo", timeout=TIMEOUT):
+    def __init__(self, server, path="/echo", timeout=TIMEOUT, extra=None):
         super().__init__(server, timeout)
-        self.send(upgrade_request(path))
-        status, headers, _ = self.read_response(head_only=True)
+        self.send(upgrade_request(path, extra=extra))
+        status, self.headers, _ = self.read_response(head_only=True)
         assert status == 101, "upgrade of %s answered %d" % (path, status)
 
     def send_frame(self, opcode, payload=b"", **kw):
