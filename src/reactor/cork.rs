@@ -154,9 +154,11 @@ impl Cork {
 
     /// Forgets the items of a cork written out mid-turn, keeping the dirty list (those connections
     /// still get their end-of-turn flush, which applies the consequences).
+    ///
+    /// The shared frames (and their compressed twins) stay until the end of the turn: a `Shared`
+    /// the service holds (in the middle of `Io::broadcast` to a large room, say) must keep naming
+    /// the same frame.
     pub(crate) fn clear_items(&mut self) {
-        self.shared.clear();
-        self.twins.clear();
         self.nodes.clear();
         self.bytes.clear();
     }
@@ -164,6 +166,8 @@ impl Cork {
     /// Forgets this turn, keeping capacity (but not a huge one-off buffer).
     pub(crate) fn clear(&mut self) {
         self.clear_items();
+        self.shared.clear();
+        self.twins.clear();
         self.dirty.clear();
         // A burst (thousands of handshakes in one turn, a 16 MiB echo) must
         // not leave its high-water mark behind: that would be paid for by
