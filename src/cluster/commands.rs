@@ -299,27 +299,16 @@ impl Commands {
                         continue;
                     };
                     let fresh = self.seed.epoch();
-                    pipe.add_command(s.post.cmd())
-                        .arg(room)
-                        .arg(name)
-                        .arg(content)
-                        .arg(ttl_us)
-                        .arg(max)
-                        .arg(fresh);
+                    pipe.add_command(post(room, name, content, ttl_us, max, fresh));
                 }
+                // A server API message: the same script under the name the backend chose.
                 Request::Publish {
                     room,
                     name,
                     content,
                 } => {
                     let fresh = self.seed.epoch();
-                    pipe.add_command(s.post.cmd())
-                        .arg(room)
-                        .arg(name)
-                        .arg(content)
-                        .arg(ttl_us)
-                        .arg(max)
-                        .arg(fresh);
+                    pipe.add_command(post(room, name, content, ttl_us, max, fresh));
                 }
                 Request::GlobalPost { text } => {
                     pipe.add_command(s.global.cmd())
@@ -390,4 +379,24 @@ impl Commands {
         let node = self.node.clone();
         let _ = self.run_script(&Scripts::get().bye, &node);
     }
+}
+
+/// One post script call: `content` by `name` in `room`, numbered and stored within the history's
+/// TTL and `--history-max`, with `fresh` as the room's epoch should it start over.
+fn post(
+    room: &str,
+    name: &str,
+    content: &str,
+    ttl_us: u64,
+    max: usize,
+    fresh: String,
+) -> redis::Cmd {
+    let mut cmd = Scripts::get().post.cmd();
+    cmd.arg(room)
+        .arg(name)
+        .arg(content)
+        .arg(ttl_us)
+        .arg(max)
+        .arg(fresh);
+    cmd
 }
