@@ -34,6 +34,10 @@
 //! - `keys`: the key and channel layout in Redis.
 //! - `parse`: what Redis sends, read back into notices and the image.
 //! - `seed`: node ids and fresh room epochs.
+//! - `slots`: Redis Cluster slot routing: key → slot → shard, the map read from the cluster,
+//!   `MOVED`/`ASK` redirects (issue 14; not wired in yet).
+//! - `subscriber`: a subscribed connection on a plain socket, for sharded pub/sub (`SSUBSCRIBE`),
+//!   which the sync `redis` crate lacks (issue 14; not wired in yet).
 
 mod commands;
 mod feed;
@@ -41,6 +45,11 @@ mod keys;
 mod parse;
 mod scripts;
 mod seed;
+// Issue 14's building blocks, tested on their own until the threads use them.
+#[allow(dead_code)]
+mod slots;
+#[allow(dead_code)]
+mod subscriber;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
