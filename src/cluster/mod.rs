@@ -46,6 +46,9 @@ mod parse;
 mod scripts;
 mod seed;
 // Issue 14's building blocks, tested on their own until the threads use them.
+/// `slots` and `subscriber` against real `redis-server`s (a standalone one, a 6-node cluster).
+#[cfg(test)]
+mod redis_tests;
 #[allow(dead_code)]
 mod slots;
 #[allow(dead_code)]
