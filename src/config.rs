@@ -169,8 +169,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WISP_DEFLATE_LEVEL", default_value_t = 2, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(2..=9))]
     pub deflate_level: u32,
     /// Join a cluster through Redis (`redis://HOST:PORT`).
-    #[arg(long, env = "WISP_REDIS", value_name = "URL")]
+    #[arg(long, env = "WISP_REDIS", value_name = "URL", conflicts_with = "redis_cluster")]
     pub redis: Option<String>,
+    /// Join a cluster through a Redis Cluster: seed nodes, comma-separated
+    /// (`redis://HOST:PORT,redis://HOST:PORT`); the others are found from them.
+    #[arg(long, env = "WISP_REDIS_CLUSTER", value_name = "URLS")]
+    pub redis_cluster: Option<String>,
     /// `open`: anyone joins any room under any name; `token`: every WebSocket path and history view
     /// needs a valid connection token (the page and /healthz stay open). Default open: today's
     /// behaviour, for a demo or a trusted network.
@@ -380,7 +384,10 @@ pub struct Config {
     pub rate_limit_per_ip: Option<RateLimit>,
     pub allowed_origins: Vec<String>,
     pub echo: bool,
+    /// `--redis`'s URL, or `--redis-cluster`'s seeds as given.
     pub redis: Option<String>,
+    /// Whether `redis` names the seeds of a Redis Cluster.
+    pub redis_cluster: bool,
     /// `Some` under `--auth token`.
     pub auth: Option<Arc<crate::server::auth::Verifier>>,
     /// `--metrics-token-file`'s contents.
@@ -421,6 +428,17 @@ impl ServeArgs {
         }
         if let Some(url) = &self.redis {
             check_redis_url(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        }
+        if let Some(urls) = &self.redis_cluster {
+            for url in urls.split(',').map(str::trim) {
+                check_redis_url(url)
+                    .and_then(|()| {
+                        url.starts_with("redis://")
+                            .then_some(())
+                            .ok_or_else(|| "a cluster's nodes are redis://HOST:PORT".to_owned())
+                    })
+                    .map_err(|e| format!("--redis-cluster {url}: {e}"))?;
+            }
         }
         for origin in &self.allowed_origins {
             check_origin_value(origin).map_err(|e| format!("--allowed-origin {origin}: {e}"))?;
@@ -505,7 +523,8 @@ impl ServeArgs {
                 .map(|o| o.trim_end_matches('/').to_string())
                 .collect(),
             echo: !self.no_echo,
-            redis: self.redis,
+            redis_cluster: self.redis_cluster.is_some(),
+            redis: self.redis.or(self.redis_cluster),
             auth,
             metrics_token,
             api_key,

@@ -61,6 +61,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "local"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -74,6 +75,31 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not listen");
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// One command through `redis-cli`, its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How many connections subscribe to `room`'s channel (`PUBSUB SHARDNUMSUB`).
+    fn room_subscribers(&self, room: &str) -> u64 {
+        let out = self.cli(&["PUBSUB", "SHARDNUMSUB", &format!("wisp:{{r:{room}}}:ch")]);
+        out.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap()
+    }
+
+    /// How many scripts Redis has run by SHA-1 so far (`INFO commandstats`).
+    fn evalsha_calls(&self) -> u64 {
+        let out = self.cli(&["INFO", "commandstats"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// SIGKILL, by PID.
@@ -174,6 +200,14 @@ impl Client {
 
     fn send(&mut self, text: &str) {
         self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// Sends every text in one write.
+    fn send_burst(&mut self, texts: impl IntoIterator<Item = String>) {
+        for t in texts {
+            self.ws.write(Message::text(t)).expect("write");
+        }
+        self.ws.flush().expect("flush");
     }
 
     /// The next text frame, or `None` after [`WAIT`].
@@ -555,4 +589,118 @@ fn compat_fastapi_presence_across_nodes() {
         alice.next_of("presence")["users"],
         serde_json::json!(["alice"])
     );
+}
+
+/// A node follows a room only while it has members there: it subscribes to the room's channel at
+/// the first join, unsubscribes at the last leave, and knows nothing of rooms it does not follow.
+/// A node that starts following a busy room gets its history in the image read with the join.
+#[test]
+fn a_node_follows_only_the_rooms_its_members_are_in() {
+    let Some(redis) = Redis::start("a_node_follows_only_the_rooms_its_members_are_in") else {
+        return;
+    };
+    let n = nodes(&redis, 2, &[]);
+    assert_eq!(redis.room_subscribers("busy"), 0);
+    let (mut a, _) = Client::join(&n[0], "busy", "ann", "");
+    let (_q, _) = Client::join(&n[1], "quiet", "quinn", "");
+    assert_eq!(redis.room_subscribers("busy"), 1, "only node 0 follows busy");
+    assert_eq!(redis.room_subscribers("quiet"), 1, "only node 1 follows quiet");
+    for i in 0..30 {
+        a.send(&format!("m{i}"));
+    }
+    assert_eq!(a.messages(30).last().unwrap()["content"], "m29");
+    // Node 1 has nothing of busy: not listed, no history kept.
+    let listed: Vec<String> = get_json(&n[1], "/rooms")["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ["quiet"]);
+    // Its history view still answers, from Redis, exactly as node 0's does from its replica.
+    let from_redis = get_json(&n[1], "/rooms/busy/messages");
+    assert_eq!(from_redis, get_json(&n[0], "/rooms/busy/messages"));
+    assert_eq!(ids(from_redis["messages"].as_array().unwrap()).len(), 30);
+    let page = get_json(&n[1], "/rooms/busy/messages?since=25&limit=3");
+    assert_eq!(ids(page["messages"].as_array().unwrap()), [26, 27, 28]);
+    assert_eq!(page["more"], true);
+    assert_eq!(redis.room_subscribers("busy"), 1, "a view does not follow the room");
+
+    // A first member on node 1: it follows busy from now on, with the history up to its join.
+    let (mut b, w) = Client::join(&n[1], "busy", "bob", "");
+    assert_eq!(ids(w["history"].as_array().unwrap()), (1..=30).collect::<Vec<u64>>());
+    let mut users: Vec<&str> = w["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    users.sort_unstable();
+    assert_eq!(users, ["ann", "bob"]);
+    assert_eq!(redis.room_subscribers("busy"), 2);
+    a.send("after");
+    assert_eq!(b.next_of("message")["id"], 31);
+
+    // The last member on node 0 leaves: node 0 unfollows busy and forgets it.
+    a.close();
+    eventually("node 0 unsubscribed from busy", || {
+        (redis.room_subscribers("busy") == 1).then_some(())
+    });
+    assert_eq!(b.next_of("leave")["client_id"], "ann");
+    assert_eq!(room_users(&n[0], "busy"), 0);
+    // Following it again starts from a fresh image: nothing missed, nothing repeated.
+    b.send("while node 0 was away");
+    assert_eq!(b.next_of("message")["id"], 32);
+    let (_c, w) = Client::join(&n[0], "busy", "carl", "");
+    let h = w["history"].as_array().unwrap();
+    assert_eq!(ids(h), (1..=32).collect::<Vec<u64>>());
+}
+
+/// Posts queued in the same turn reach Redis in one round trip and a few script calls: a burst of
+/// 300 messages costs far fewer than 300 script runs, and keeps its order and ids.
+#[test]
+fn a_burst_of_posts_is_batched_in_order() {
+    let Some(redis) = Redis::start("a_burst_of_posts_is_batched_in_order") else {
+        return;
+    };
+    let n = nodes(&redis, 2, &["--rate-limit", "0"]);
+    let (mut a, _) = Client::join(&n[0], "burst", "ann", "");
+    let (mut b, _) = Client::join(&n[1], "burst", "bob", "");
+    const N: usize = 300;
+    let before = redis.evalsha_calls();
+    a.send_burst((0..N).map(|i| format!("b{i}")));
+    let got = triples(&b.messages(N));
+    let after = redis.evalsha_calls();
+    let want: Vec<(u64, String, String)> = (0..N)
+        .map(|i| (i as u64 + 1, "ann".to_owned(), format!("b{i}")))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(triples(&a.messages(N)), want);
+    // Heartbeats run scripts too (one a second per node): allow them.
+    let calls = after - before;
+    assert!(calls < (N / 4) as u64, "{calls} script calls for {N} posts");
+    eprintln!("{N} posts: {calls} script calls");
+}
+
+/// A view answered from Redis that Redis is too slow to give: `504` at the request deadline, and
+/// the node keeps serving (the late image is dropped).
+#[test]
+fn a_view_redis_does_not_answer_in_time_gets_504() {
+    let Some(redis) = Redis::start("a_view_redis_does_not_answer_in_time_gets_504") else {
+        return;
+    };
+    let n = nodes(&redis, 1, &["--handshake-timeout", "1"]);
+    let started = Instant::now();
+    let cli = {
+        let port = redis.port.to_string();
+        thread::spawn(move || {
+            Command::new("redis-cli")
+                .args(["-p", &port, "DEBUG", "SLEEP", "1.6"])
+                .output()
+                .expect("redis-cli runs")
+        })
+    };
+    thread::sleep(Duration::from_millis(100));
+    let r = n[0].get("/rooms/elsewhere/messages");
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert!(started.elapsed() < Duration::from_millis(1600));
+    cli.join().unwrap();
+    let r = n[0].get("/rooms/elsewhere/messages");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(n[0].healthz()["status"], "ok");
 }

@@ -276,8 +276,12 @@ pub(crate) struct RoomHistory {
     pub(crate) timeline: Timeline<RoomMessage>,
     /// The last id handed out; 0 before the first message. Ids count from 1 within the room's epoch.
     /// INVARIANT: retained ids are consecutive and end at `last_id` (a message is stored the moment its
-    /// id is assigned, and entries only leave from the front), unless `--history-max` is 0.
+    /// id is assigned, and entries only leave from the front), unless `--history-max` is 0, or ids up
+    /// to `gap` are concerned.
     last_id: u64,
+    /// Cluster mode: ids up to this one may be missing from the history without having expired (a
+    /// Redis failover lost them), so a client resuming from before it cannot be given all it missed.
+    gap: u64,
 }
 
 /// The history a (re)joining client gets, and whether it is complete (SPEC §4.2 recovery).
@@ -305,6 +309,11 @@ impl RoomHistory {
     /// invariant as long as the cluster's ids are consecutive.
     pub(crate) fn set_last_id(&mut self, id: u64) {
         self.last_id = id;
+    }
+
+    /// Cluster mode: ids up to `id` may be missing (see the field).
+    pub(crate) fn set_gap(&mut self, id: u64) {
+        self.gap = self.gap.max(id);
     }
 
     /// Keeps `event`, the message with id `id` that arrived at `at` (from [`Timeline::stamp`]), at most
@@ -335,6 +344,7 @@ impl RoomHistory {
     /// dropped. The buffers go back to `pool`.
     pub(crate) fn reset(&mut self, pool: &mut FramePool) -> Removed {
         self.last_id = 0;
+        self.gap = 0;
         self.timeline.clear(|old| pool.recycle(old.event))
     }
 
@@ -351,6 +361,9 @@ impl RoomHistory {
     pub(crate) fn has_gap_after(&self, since: u64, now: Micros, ttl: Micros) -> bool {
         if since >= self.last_id {
             return false; // nothing was said after `since`
+        }
+        if since < self.gap {
+            return true; // lost in a failover, maybe
         }
         let live = self.timeline.live_start(now, ttl);
         // Retained ids are consecutive, so the oldest live id tells whether `since + 1` is still there.

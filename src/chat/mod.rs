@@ -81,8 +81,8 @@ pub use names::clean_name;
 pub(crate) use names::percent_decode;
 pub(crate) use names::{sanitize_name, DEFAULT_ROOM};
 pub use replica::{
-    clean_client, clean_room, ClusterImage, ClusterMessage, Delivery, ImageApplied, Origin,
-    RoomImage,
+    clean_client, clean_room, ClusterImage, ClusterMessage, Delivery, GlobalImage, ImageApplied,
+    Origin, RoomImage,
 };
 pub use time::rfc3339_micros;
 

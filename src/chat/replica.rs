@@ -1,11 +1,12 @@
 //! Cluster mode (`--redis`, SPEC §7): the chat as a replica of the cluster's state.
 //!
 //! In a cluster, Redis holds the truth: each room's epoch, id sequence, history and members, and the
-//! global channel's history. Every daemon keeps a replica of all of it in the ordinary [`Chat`]
-//! structures, fed in order by the reactor with what the cluster bridge (`crate::cluster`) receives on
-//! its subscription, plus a full image ([`ClusterImage`]) whenever the bridge (re)subscribes. So the
-//! HTTP views, `welcome` and the expiry timers stay local and never wait on Redis, yet agree across
-//! daemons.
+//! global channel's history. Every daemon keeps a replica of the rooms it follows (those with a member
+//! on it) and of the global channel in the ordinary [`Chat`] structures, fed in order by the reactor
+//! with what the cluster bridge (`crate::cluster`) receives on its subscriptions, plus images
+//! ([`ClusterImage`]) when it starts following a room and whenever a feed (re)subscribes. So
+//! `welcome`, the views of the rooms it follows and the expiry timers stay local and never wait on
+//! Redis, yet agree across daemons.
 //!
 //! What changes from a single daemon:
 //!
@@ -65,17 +66,25 @@ pub struct RoomImage {
     pub messages: Vec<ClusterMessage>,
     /// Names of the members connected to other daemons.
     pub remote: Vec<String>,
+    /// Ids up to this one may be missing after a Redis failover (0: none).
+    pub gap: u64,
 }
 
-/// The whole cluster state, read atomically from Redis after subscribing.
+/// The global channel in a [`ClusterImage`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GlobalImage {
+    /// The unexpired messages, oldest first: (timestamp, text).
+    pub messages: Vec<(Micros, String)>,
+    /// The last sequence number, to skip messages already in `messages`.
+    pub seq: u64,
+}
+
+/// Part of the cluster's state, read from Redis after subscribing: rooms this daemon follows (an
+/// empty `epoch` for a room Redis has nothing of), and the global channel when it is included.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterImage {
-    /// Every room with an epoch or members.
     pub rooms: Vec<RoomImage>,
-    /// The global channel's unexpired messages, oldest first: (timestamp, text).
-    pub global: Vec<(Micros, String)>,
-    /// The global channel's last sequence number, to skip messages already in `global`.
-    pub global_seq: u64,
+    pub global: Option<GlobalImage>,
 }
 
 /// An event for the local members of a room.
@@ -248,21 +257,25 @@ impl Chat {
         }
     }
 
-    /// Cluster mode: replaces the replica with `image`, the cluster's state read after (re)subscribing.
+    /// Cluster mode: replaces the replica of the rooms in `image` (and of the global channel, when it
+    /// is included) with the image, the cluster's state read after (re)subscribing.
     ///
-    /// Every room's epoch, history and remote names become the image's; rooms the image lacks keep only
-    /// their local members. Members that appeared or vanished elsewhere since the replica last knew are
-    /// announced to the local members (`deliveries`), timestamped `now`.
+    /// Every such room's epoch, history and remote names become the image's (a room Redis has nothing
+    /// of keeps its epoch and only its local members). Members that appeared or vanished elsewhere since
+    /// the replica last knew are announced to the local members (`deliveries`), timestamped `now`. An
+    /// image behind the ids this replica has seen in the same epoch (a failover lost writes) marks the
+    /// ids up to them as possibly missing.
     pub fn apply_image(&mut self, image: &ClusterImage, now: Micros) -> ImageApplied {
         let mut out = ImageApplied::default();
         let max = self.cfg.history_max;
-        let mut in_image: HashSet<&str> = HashSet::with_capacity(image.rooms.len());
         for img in &image.rooms {
-            in_image.insert(&img.room);
             let (key, _) = self.rooms.open(&img.room);
             let r = self.rooms.get_mut(key).expect("bug: room just opened");
+            let seen = (*r.epoch == *img.epoch).then(|| r.history.last_id());
             let dropped = r.history.reset(&mut self.frames);
-            r.epoch = img.epoch.as_str().into();
+            if !img.epoch.is_empty() {
+                r.epoch = img.epoch.as_str().into();
+            }
             self.account_removed(dropped);
             let mut arm = None;
             for msg in &img.messages {
@@ -276,49 +289,58 @@ impl Chat {
             let Some(r) = self.rooms.get_mut(key) else {
                 continue;
             };
-            r.history.set_last_id(img.seq.max(r.history.last_id()));
+            let seen = seen.unwrap_or(0);
+            r.history.set_last_id(img.seq.max(seen));
+            r.history.set_gap(img.gap);
+            if seen > img.seq {
+                r.history.set_gap(seen);
+            }
             // Only when no timer is pending: one armed earlier fires and finds these messages.
             if let Some(due) = arm {
                 out.arm_rooms.push((key, due));
             }
             let remote: Vec<Box<str>> = img.remote.iter().map(|n| n.as_str().into()).collect();
             Self::diff_remote(&mut self.frames, r, key, remote, now, &mut out.deliveries);
-        }
-        for key in self.rooms.keys() {
-            let r = self.rooms.get_mut(key).expect("bug: listed key is live");
-            if !in_image.contains(&*r.name) {
-                let dropped = r.history.reset(&mut self.frames);
-                Self::diff_remote(
-                    &mut self.frames,
-                    r,
-                    key,
-                    Vec::new(),
-                    now,
-                    &mut out.deliveries,
-                );
-                self.account_removed(dropped);
-            }
-            let r = self.rooms.get(key).expect("bug: listed key is live");
             if r.is_vacant() {
                 self.rooms.free(key);
             }
         }
-        let frames = &mut self.frames;
-        let dropped = self.global_history.clear(|old| frames.recycle(old));
-        self.account_removed(dropped);
-        let mut arm_global = None;
-        for (at, text) in &image.global {
-            let at = self.global_history.stamp(*at);
-            let frame = self.frames.raw(text);
+        if let Some(global) = &image.global {
             let frames = &mut self.frames;
-            let pushed = self
-                .global_history
-                .push(at, frame, self.cfg.history_max, |old| frames.recycle(old));
-            arm_global = arm_global.or(self.account_push(Source::Global, &pushed, now));
+            let dropped = self.global_history.clear(|old| frames.recycle(old));
+            self.account_removed(dropped);
+            let mut arm_global = None;
+            for (at, text) in &global.messages {
+                let at = self.global_history.stamp(*at);
+                let frame = self.frames.raw(text);
+                let frames = &mut self.frames;
+                let pushed =
+                    self.global_history
+                        .push(at, frame, self.cfg.history_max, |old| frames.recycle(old));
+                arm_global = arm_global.or(self.account_push(Source::Global, &pushed, now));
+            }
+            self.cluster_global_seq = global.seq;
+            out.arm_global = arm_global;
         }
-        self.cluster_global_seq = image.global_seq;
-        out.arm_global = arm_global;
         out
+    }
+
+    /// Cluster mode: this daemon stopped following `room` (its last member here left): the replica
+    /// forgets the room's history and remote members.
+    pub fn cluster_forget(&mut self, room: &str) {
+        let Some(key) = self.rooms.key_of(room) else {
+            return;
+        };
+        let Some(r) = self.rooms.get_mut(key) else {
+            return;
+        };
+        if !r.presence.is_empty() {
+            return; // someone joined meanwhile: still followed
+        }
+        let dropped = r.history.reset(&mut self.frames);
+        r.remote.clear();
+        self.account_removed(dropped);
+        self.rooms.free(key);
     }
 
     /// Redis is unreachable: every room gets a fresh local epoch, so that ids given out locally from

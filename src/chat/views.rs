@@ -84,6 +84,51 @@ impl Chat {
     }
 }
 
+impl Chat {
+    /// Cluster mode: `GET /rooms/{room}/messages` for a room this daemon does not follow, from the
+    /// room's image read from Redis: the same answer as [`Chat::room_messages_json`] gives for a
+    /// followed room.
+    pub fn image_messages_json(
+        &mut self,
+        image: &super::RoomImage,
+        since: Option<u64>,
+        limit: Option<usize>,
+        now: Micros,
+    ) -> String {
+        let live = image
+            .messages
+            .iter()
+            .filter(|m| m.at + self.ttl > now && since.is_none_or(|s| m.id > s));
+        let frames: Vec<_> = live
+            .map(|m| {
+                events::message(
+                    &mut self.frames,
+                    m.id,
+                    &image.room,
+                    &m.client,
+                    &m.content,
+                    m.at,
+                )
+            })
+            .collect();
+        let (count, more) = page(
+            frames.iter().map(|f| f.text_len() + 1),
+            page_limit(limit),
+            HISTORY_PAGE_BYTES - PAGE_HEAD_BYTES,
+        );
+        let body = events::room_messages(
+            &image.room,
+            self.cfg.ttl_secs,
+            more,
+            frames.iter().take(count).map(|f| f.text()),
+        );
+        for f in frames {
+            self.frames.recycle(f);
+        }
+        body
+    }
+}
+
 /// How many of the items weighing `sizes` (in order) fit in `max_items` and `max_bytes`, at least one
 /// if there is one; and whether some were left out.
 pub(super) fn page(

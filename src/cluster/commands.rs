@@ -1,33 +1,59 @@
-//! The command thread (`wisp-redis`): one connection running the Lua scripts, one per request
-//! (posts pipelined when several are queued): joins, leaves, posts, global posts, re-registration
-//! of our members after an outage, and every second this node's liveness and the sweeping of dead
-//! nodes. It owns the link's ups and downs (connect, backoff, loss) and the list of our members the
-//! cluster knows; what the scripts do inside Redis is `scripts`', what comes back on the feed is
-//! `feed`'s.
+//! The command thread (`wisp-redis`): every write to Redis, shard by shard.
+//!
+//! Requests from the reactor are routed to the shard that owns their room's slot (one shard for a
+//! single Redis server) and queued there, in order: a room's joins, posts and leaves reach its shard
+//! in the order the reactor sent them. Each turn, every reachable shard gets its whole queue in one
+//! pipeline, consecutive posts packed into as few `post.lua` calls as Redis allows (one per slot in
+//! a cluster, one for the whole run on a single server), so a busy node pays one round trip and a
+//! few script calls per turn, not one per message.
+//!
+//! A shard that cannot be reached keeps its queue while a failover may still fix it
+//! ([`FAILOVER_GRACE`] in a cluster; at once on a single server, where nothing else can take
+//! over): what is still queued after that goes back to the reactor as failed (delivered locally).
+//! A `MOVED` reply re-reads the topology and routes the operation again; `ASK` and `TRYAGAIN`
+//! (a slot being migrated) retry it a moment later. After a shard failed over, the rooms this node
+//! follows there are rebased (`rebase`) before anything else is sent to it, so that ids the lost
+//! master gave out are never given out again.
+//!
+//! Every second the thread notes this node alive in the node registry and learns which nodes are
+//! dead; a node that newly died has its members swept from every room this node follows (other
+//! rooms are swept by the next join there). It also owns the feed threads (`feed`), one per shard,
+//! restarted whenever the topology changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, error};
-use redis::{Client, Connection, RedisError, RedisResult, Value};
+use log::{debug, error, info, warn};
+use redis::{Client, Connection, RedisError, Value};
 
-use super::keys;
-use super::parse::strings;
-use super::scripts::{eval, is_noscript, Script, Scripts};
+use super::feed::Feed;
+use super::keys::{self, RoomKeys, GLOBAL_CHANNEL, GLOBAL_KEYS, NODES};
+use super::parse::{parse_room_image, strings, text};
+use super::scripts::{eval, is_noscript, load_all, Scripts};
 use super::seed::Seed;
+use super::slots::{self, Redirect, Topology};
 use super::{Notice, Request, Settings, Shared, ToReactor};
 use super::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, IO_TIMEOUT};
 
-/// How often the command thread refreshes this node's liveness key and sweeps dead nodes.
+/// How often the command thread notes this node alive and looks for dead nodes.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long a node's liveness key outlives its last heartbeat: a node that dies leaves ghosts in
-/// presence for at most `NODE_TTL + HEARTBEAT` (6 s).
+/// A node that has not noted itself alive for this long is dead: its members are swept. A node
+/// that dies leaves ghosts in presence for at most `NODE_TTL + HEARTBEAT` (6 s).
 const NODE_TTL: Duration = Duration::from_secs(5);
-/// Most posts sent in one pipeline.
-const BATCH: usize = 256;
+/// A dead node stays in the registry this long, so that a room nobody followed when it died is
+/// swept by its next join.
+const NODE_FORGET: Duration = Duration::from_secs(24 * 3600);
+/// How long operations for an unreachable shard of a Redis Cluster wait for its failover before
+/// they fail (Redis Cluster replaces a master within about two `cluster-node-timeout`s).
+const FAILOVER_GRACE: Duration = Duration::from_secs(8);
+/// How soon an operation refused with `ASK` or `TRYAGAIN` (a slot in migration) is tried again.
+const MIGRATION_RETRY: Duration = Duration::from_millis(20);
+/// Most posts packed into one `post.lua` call (its ARGV stays well within Lua's limits).
+const POSTS_PER_CALL: usize = 256;
 
 /// Whether `e` means the connection is unusable (as opposed to a script refusing its input).
 fn is_link_error(e: &RedisError) -> bool {
@@ -37,30 +63,134 @@ fn is_link_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
         || matches!(
             e.code(),
-            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY")
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN")
         )
 }
 
+/// One operation queued for a shard.
+#[derive(Debug)]
+enum Op {
+    Join {
+        conn: u64,
+        room: String,
+        wanted: String,
+        follow: bool,
+    },
+    Leave {
+        room: String,
+        field: String,
+    },
+    /// A member's message (`conn: Some`) or a server API message (`conn: None`).
+    Post {
+        conn: Option<u64>,
+        room: String,
+        name: String,
+        content: String,
+    },
+    Global {
+        text: String,
+    },
+    /// Re-registration of this node's members of `room` after an outage.
+    Sync {
+        room: String,
+        members: Vec<(u64, String)>,
+    },
+    Sweep {
+        room: String,
+    },
+    /// After a failover: the room's ids continue after `last`, the last one this node saw.
+    Rebase {
+        room: String,
+        last: u64,
+    },
+    /// An HTTP view of a room this node does not follow (read only).
+    View {
+        req: u64,
+        room: String,
+    },
+}
+
+impl Op {
+    /// The key that routes the operation (its slot's shard).
+    fn route_key(&self) -> String {
+        match self {
+            Op::Join { room, .. }
+            | Op::Leave { room, .. }
+            | Op::Post { room, .. }
+            | Op::Sync { room, .. }
+            | Op::Sweep { room }
+            | Op::Rebase { room, .. }
+            | Op::View { room, .. } => RoomKeys::of(room).meta,
+            Op::Global { .. } => GLOBAL_KEYS[0].to_owned(),
+        }
+    }
+}
+
+struct Queued {
+    op: Op,
+    since: Instant,
+}
+
+/// One master and what waits for it.
+struct Shard {
+    addr: String,
+    con: Option<Connection>,
+    queue: VecDeque<Queued>,
+    next_try: Instant,
+    backoff: Duration,
+    /// The connection failed since it was last up: rebase before sending anything.
+    failed: bool,
+    /// Nothing is sent before this (after `ASK`/`TRYAGAIN`).
+    hold_until: Instant,
+}
+
+impl Shard {
+    fn new(addr: String) -> Shard {
+        Shard {
+            addr,
+            con: None,
+            queue: VecDeque::new(),
+            next_try: Instant::now(),
+            backoff: BACKOFF_MIN,
+            failed: false,
+            hold_until: Instant::now(),
+        }
+    }
+}
+
+/// What a pipeline entry stands for: the operations a reply answers.
+enum Sent {
+    One(Queued),
+    /// One `post.lua` call: the posts it carries.
+    Posts(Vec<Queued>),
+}
+
 pub(super) struct Commands {
-    client: Client,
     settings: Settings,
     node: String,
     shared: Arc<Shared>,
     out: ToReactor,
-    /// `None` while Redis is unreachable.
-    con: Option<Connection>,
+    /// `None` until the cluster (or server) has been reached.
+    topology: Option<Arc<Topology>>,
+    shards: Vec<Shard>,
+    /// The topology must be read again (a `MOVED`, a lost shard).
+    stale: bool,
+    next_discovery: Instant,
+    discovery_backoff: Duration,
+    /// Whether the reactor was last told the link is up.
+    told_up: bool,
     /// Our room members the cluster knows: conn → (room, name).
     members: HashMap<u64, (String, String)>,
+    /// Rooms where this node registered members since it started (for `Sync`).
+    known_rooms: HashSet<String>,
+    /// Nodes the registry says are dead.
+    dead: Vec<String>,
     seed: Seed,
-    /// A request taken from the channel while collecting a batch of posts, handled next.
-    stash: Option<Request>,
-    next_try: Instant,
-    backoff: Duration,
+    next_beat: Instant,
 }
 
 impl Commands {
     pub(super) fn new(
-        client: Client,
         settings: Settings,
         node: String,
         shared: Arc<Shared>,
@@ -68,291 +198,751 @@ impl Commands {
         seed: Seed,
     ) -> Commands {
         Commands {
-            client,
             settings,
             node,
             shared,
             out,
-            con: None,
+            topology: None,
+            shards: Vec::new(),
+            stale: true,
+            next_discovery: Instant::now(),
+            discovery_backoff: BACKOFF_MIN,
+            told_up: false,
             members: HashMap::new(),
+            known_rooms: HashSet::new(),
+            dead: Vec::new(),
             seed,
-            stash: None,
-            next_try: Instant::now(),
-            backoff: BACKOFF_MIN,
+            next_beat: Instant::now(),
         }
     }
 
     pub(super) fn run(mut self, rx: Receiver<Request>) {
-        let mut next_beat = Instant::now();
         loop {
-            let now = Instant::now();
-            if self.con.is_none() && now >= self.next_try {
-                self.connect();
-                next_beat = now;
+            if self.stale && Instant::now() >= self.next_discovery {
+                self.discover();
             }
-            if self.con.is_some() && Instant::now() >= next_beat {
+            self.connect_shards();
+            if self.topology.is_some() && Instant::now() >= self.next_beat {
                 self.heartbeat();
-                next_beat = Instant::now() + HEARTBEAT;
+                self.next_beat = Instant::now() + HEARTBEAT;
             }
-            let wake = if self.con.is_some() {
-                next_beat
-            } else {
-                self.next_try
-            };
-            let req = match self.stash.take() {
-                Some(req) => req,
-                None => match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                    Ok(req) => req,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-            };
-            match req {
-                Request::Shutdown => {
-                    self.bye();
-                    return;
-                }
-                Request::Post { .. } | Request::GlobalPost { .. } | Request::Publish { .. } => {
-                    let mut batch = vec![req];
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(
-                                r @ (Request::Post { .. }
-                                | Request::GlobalPost { .. }
-                                | Request::Publish { .. }),
-                            ) => batch.push(r),
-                            Ok(other) => {
-                                self.stash = Some(other);
-                                break;
-                            }
-                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            self.flush_all();
+            self.fail_expired();
+            self.tell_link();
+            let wait = self
+                .next_wake()
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            match rx.recv_timeout(wait) {
+                Ok(req) => {
+                    if !self.take(req) {
+                        return;
+                    }
+                    // Everything already waiting joins this turn's pipelines.
+                    while let Ok(req) = rx.try_recv() {
+                        if !self.take(req) {
+                            return;
                         }
                     }
-                    self.posts(batch);
                 }
-                other => self.handle(other),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
-    fn connect(&mut self) {
-        let attempt = self
-            .client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .and_then(|con| {
-                con.set_read_timeout(Some(IO_TIMEOUT))?;
-                con.set_write_timeout(Some(IO_TIMEOUT))?;
-                Ok(con)
-            });
-        match attempt {
-            Ok(con) => {
-                debug!("cluster: command link to Redis up");
-                self.con = Some(con);
-                self.backoff = BACKOFF_MIN;
-                self.shared.commands_up.store(true, Ordering::Release);
-                self.out.send(Notice::Commands { up: true });
+    /// When the loop must look again without a request.
+    fn next_wake(&self) -> Instant {
+        let mut at = self.next_beat;
+        if self.stale {
+            at = at.min(self.next_discovery);
+        }
+        for s in &self.shards {
+            if s.con.is_none() {
+                at = at.min(s.next_try);
             }
-            Err(e) => {
-                debug!("cluster: cannot reach Redis: {e}");
-                self.next_try = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            if let Some(q) = s.queue.front() {
+                at = at.min(s.hold_until.max(q.since + self.grace()));
             }
+        }
+        at
+    }
+
+    fn is_cluster(&self) -> bool {
+        self.topology.as_ref().is_some_and(|t| t.is_cluster())
+    }
+
+    fn grace(&self) -> Duration {
+        if self.is_cluster() {
+            FAILOVER_GRACE
+        } else {
+            Duration::ZERO
         }
     }
 
-    /// The command link failed: tell the reactor once and retry later.
-    fn lost(&mut self, e: &RedisError) {
-        debug!("cluster: command link to Redis lost: {e}");
-        self.con = None;
-        self.shared.commands_up.store(false, Ordering::Release);
-        self.next_try = Instant::now() + BACKOFF_MIN;
-        self.backoff = BACKOFF_MIN * 2;
-        self.out.send(Notice::Commands { up: false });
-    }
+    // ---- requests -------------------------------------------------------------------------------
 
-    /// Runs a script; `None` when it failed (the link is then marked lost if that was the cause).
-    fn run_script<A: redis::ToRedisArgs>(&mut self, script: &Script, args: A) -> Option<Value> {
-        let con = self.con.as_mut()?;
-        match eval(con, script, args) {
-            Ok(v) => Some(v),
-            Err(e) if is_link_error(&e) => {
-                self.lost(&e);
-                None
-            }
-            Err(e) => {
-                error!("cluster: script refused: {e}");
-                None
-            }
-        }
-    }
-
-    fn field(&self, conn: u64) -> String {
-        keys::member_field(&self.node, conn)
-    }
-
-    fn handle(&mut self, req: Request) {
-        let s = Scripts::get();
+    /// Takes one request; false when the thread must end.
+    fn take(&mut self, req: Request) -> bool {
         match req {
-            Request::Join { conn, room, wanted } => {
-                let field = self.field(conn);
-                let fresh = self.seed.epoch();
-                let answer = self
-                    .run_script(
-                        &s.join,
-                        (&room, &wanted, &field, &self.node.clone(), &fresh),
-                    )
-                    .and_then(|v| match strings(&v).as_deref() {
-                        Some([name, epoch]) => Some((name.clone(), epoch.clone())),
-                        _ => None,
-                    });
-                match answer {
-                    Some((name, epoch)) => {
-                        self.members.insert(conn, (room, name.clone()));
-                        self.out.send(Notice::Joined { conn, name, epoch });
-                    }
-                    None => self.out.send(Notice::JoinFailed { conn }),
+            Request::Join {
+                conn,
+                room,
+                wanted,
+                follow,
+            } => {
+                self.known_rooms.insert(room.clone());
+                if follow {
+                    self.follow(&room);
                 }
+                self.queue(Op::Join {
+                    conn,
+                    room,
+                    wanted,
+                    follow,
+                });
+            }
+            Request::Unfollow { room } => self.unfollow(&room),
+            Request::Follow { room } => {
+                self.known_rooms.insert(room.clone());
+                self.follow(&room);
             }
             Request::Leave { conn } => {
                 if let Some((room, _)) = self.members.remove(&conn) {
-                    let field = self.field(conn);
-                    let node = self.node.clone();
-                    // Lost while Redis was away: the next Sync removes it.
-                    let _ = self.run_script(&s.leave, (&room, &field, &node));
+                    let field = keys::member_field(&self.node, conn);
+                    self.queue(Op::Leave { room, field });
                 }
             }
-            Request::Sync {
-                mut members,
-                pending,
-            } => {
-                for conn in pending {
-                    if let Some((room, name)) = self.members.get(&conn) {
-                        members.push((conn, room.clone(), name.clone()));
-                    }
+            Request::Post { conn, content } => match self.members.get(&conn) {
+                Some((room, name)) => {
+                    let (room, name) = (room.clone(), name.clone());
+                    self.queue(Op::Post {
+                        conn: Some(conn),
+                        room,
+                        name,
+                        content,
+                    });
                 }
-                self.members = members
-                    .iter()
-                    .map(|(conn, room, name)| (*conn, (room.clone(), name.clone())))
-                    .collect();
-                let mut args: Vec<String> = Vec::with_capacity(2 + 3 * members.len());
-                args.push(self.node.clone());
-                args.push(self.seed.epoch());
-                for (conn, room, name) in members {
-                    args.push(room);
-                    args.push(self.field(conn));
-                    args.push(name);
-                }
-                if let Some(v) = self.run_script(&s.sync, args) {
-                    for pair in strings(&v).unwrap_or_default().chunks_exact(2) {
-                        self.out.send(Notice::Epoch {
-                            room: pair[0].clone(),
-                            epoch: pair[1].clone(),
-                        });
-                    }
-                }
+                // Not registered (joined while Redis was away, before the Sync).
+                None => self.out.send(Notice::PostFailed { conn, content }),
+            },
+            Request::Publish {
+                room,
+                name,
+                content,
+            } => self.queue(Op::Post {
+                conn: None,
+                room,
+                name,
+                content,
+            }),
+            Request::GlobalPost { text } => self.queue(Op::Global { text }),
+            Request::View { req, room } => self.queue(Op::View { req, room }),
+            Request::Sync { members, pending } => self.sync(members, pending),
+            Request::Resync => self.restart_feeds(),
+            Request::Rediscover => {
+                self.stale = true;
+                self.next_discovery = self.next_discovery.min(Instant::now());
             }
-            Request::Resync { gen } => {
-                let id = self.shared.feed_client.load(Ordering::Acquire);
-                if id != 0 && self.shared.feed_gen.load(Ordering::Acquire) == gen {
-                    if let Some(con) = self.con.as_mut() {
-                        let r: RedisResult<Value> = redis::cmd("CLIENT")
-                            .arg("KILL")
-                            .arg("ID")
-                            .arg(id)
-                            .query(con);
-                        if let Err(e) = r {
-                            debug!("cluster: could not restart the feed: {e}");
+            Request::Check => {
+                for s in &mut self.shards {
+                    if let Some(con) = s.con.as_mut() {
+                        if let Err(e) = redis::cmd("PING").query::<Value>(con) {
+                            debug!("cluster: link to {} lost: {e}", s.addr);
+                            s.con = None;
+                            s.failed = true;
+                            s.next_try = Instant::now() + BACKOFF_MIN;
                         }
                     }
                 }
-            }
-            Request::Check => {
-                if let Some(con) = self.con.as_mut() {
-                    let r: RedisResult<Value> = redis::cmd("PING").query(con);
-                    if let Err(e) = r {
-                        self.lost(&e);
-                    }
-                }
+                self.tell_link();
                 self.shared.checks.fetch_add(1, Ordering::AcqRel);
             }
-            Request::Post { .. } | Request::GlobalPost { .. } | Request::Publish { .. } => {
-                self.posts(vec![req])
+            Request::Shutdown => {
+                self.bye();
+                return false;
             }
-            Request::Shutdown => {}
         }
+        true
     }
 
-    /// Publishes a batch of posts in one pipeline; any that cannot be published go back to the
-    /// reactor to be delivered locally.
-    fn posts(&mut self, batch: Vec<Request>) {
-        let s = Scripts::get();
-        let ttl_us = self.settings.ttl.as_micros() as u64;
-        let max = self.settings.history_max;
-        let mut pipe = redis::pipe();
-        let mut sent = Vec::with_capacity(batch.len());
-        for req in batch {
-            match &req {
-                Request::Post { conn, content } => {
-                    let Some((room, name)) = self.members.get(conn) else {
-                        // Not registered (joined while Redis was away, before the Sync).
-                        self.fail(req);
-                        continue;
-                    };
-                    let fresh = self.seed.epoch();
-                    pipe.add_command(post(room, name, content, ttl_us, max, fresh));
-                }
-                // A server API message: the same script under the name the backend chose.
-                Request::Publish {
-                    room,
-                    name,
-                    content,
-                } => {
-                    let fresh = self.seed.epoch();
-                    pipe.add_command(post(room, name, content, ttl_us, max, fresh));
-                }
-                Request::GlobalPost { text } => {
-                    pipe.add_command(s.global.cmd())
-                        .arg(text)
-                        .arg(ttl_us)
-                        .arg(max);
-                }
-                _ => unreachable!("bug: not a post"),
-            }
-            sent.push(req);
-        }
-        if sent.is_empty() {
-            return;
-        }
-        let Some(con) = self.con.as_mut() else {
-            sent.into_iter().for_each(|r| self.fail(r));
+    /// Queues `op` on its shard; fails it at once when no shard can be named.
+    fn queue(&mut self, op: Op) {
+        let Some(i) = self.shard_of(&op.route_key()) else {
+            self.fail(op);
             return;
         };
-        let mut result: RedisResult<Vec<Value>> = pipe.query(con);
-        if matches!(&result, Err(e) if is_noscript(e)) {
-            // A restarted Redis: load the scripts and try once more.
-            for script in [&s.post, &s.global] {
-                let _: RedisResult<Value> = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(&script.source)
-                    .query(con);
+        self.shards[i].queue.push_back(Queued {
+            op,
+            since: Instant::now(),
+        });
+    }
+
+    fn shard_of(&self, key: &str) -> Option<usize> {
+        self.topology.as_ref()?.shard_of_key(key.as_bytes())
+    }
+
+    /// Redis is back (the reactor applied a fresh image): re-register every member of ours, room by
+    /// room, and forget any other member of ours in the rooms we ever had members in.
+    fn sync(&mut self, members: Vec<(u64, String, String)>, pending: Vec<u64>) {
+        let mut by_room: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+        for conn in pending {
+            if let Some((room, name)) = self.members.get(&conn) {
+                by_room
+                    .entry(room.clone())
+                    .or_default()
+                    .push((conn, name.clone()));
             }
-            result = pipe.query(con);
         }
-        if let Err(e) = result {
-            if is_link_error(&e) {
-                self.lost(&e);
-            } else {
-                error!("cluster: post refused: {e}");
+        self.members.clear();
+        for (conn, room, name) in members {
+            self.members.insert(conn, (room.clone(), name.clone()));
+            by_room.entry(room).or_default().push((conn, name));
+        }
+        for (conn, (room, name)) in &self.members {
+            if !by_room.get(room).is_some_and(|v| v.iter().any(|m| m.0 == *conn)) {
+                by_room
+                    .entry(room.clone())
+                    .or_default()
+                    .push((*conn, name.clone()));
             }
-            sent.into_iter().for_each(|r| self.fail(r));
+        }
+        for (room, list) in &by_room {
+            for (conn, name) in list {
+                self.members.insert(*conn, (room.clone(), name.clone()));
+            }
+        }
+        for room in &self.known_rooms {
+            by_room.entry(room.clone()).or_default();
+        }
+        self.known_rooms = by_room.keys().cloned().collect();
+        for (room, members) in by_room {
+            self.queue(Op::Sync { room, members });
         }
     }
 
-    fn fail(&self, req: Request) {
-        match req {
-            Request::Post { conn, content } => self.out.send(Notice::PostFailed { conn, content }),
-            Request::GlobalPost { text } => self.out.send(Notice::GlobalFailed { text }),
-            Request::Publish {
+    // ---- subscriptions ----------------------------------------------------------------------------
+
+    /// Starts following `room`: its channel is subscribed on its shard's feed before the join that
+    /// reads its image is sent (waiting up to a second for Redis to confirm).
+    fn follow(&mut self, room: &str) {
+        let channel = keys::channel_of(room);
+        let shard = self.shard_of(&channel);
+        self.shared.subscribe(room, &channel, shard);
+    }
+
+    fn unfollow(&mut self, room: &str) {
+        let channel = keys::channel_of(room);
+        let shard = self.shard_of(&channel);
+        self.shared.unsubscribe(room, &channel, shard);
+    }
+
+    /// Stops the feed threads and starts one per master of the current topology.
+    fn restart_feeds(&mut self) {
+        let Some(topology) = self.topology.clone() else {
+            return;
+        };
+        let gen = self.shared.stop_feeds();
+        for shard in 0..topology.masters().len() {
+            let feed = Feed {
+                topology: Arc::clone(&topology),
+                shard,
+                gen,
+                ttl_us: self.settings.ttl.as_micros() as u64,
+                node: self.node.clone(),
+                shared: Arc::clone(&self.shared),
+                out: self.out.clone(),
+                req: self.shared.requests(),
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("wisp-redis-feed-{shard}"))
+                .spawn(move || feed.run());
+            if let Err(e) = spawned {
+                error!("cluster: cannot start a feed thread: {e}");
+            }
+        }
+    }
+
+    // ---- links ------------------------------------------------------------------------------------
+
+    /// Reads the topology from the seeds; a changed set of masters rebuilds the shards (moving
+    /// their queues) and restarts the feeds.
+    fn discover(&mut self) {
+        match Topology::discover(&self.settings.seeds, CONNECT_TIMEOUT) {
+            Ok(topology) => {
+                self.stale = false;
+                self.discovery_backoff = BACKOFF_MIN;
+                let same = self
+                    .topology
+                    .as_ref()
+                    .is_some_and(|t| t.masters() == topology.masters() && **t == topology);
+                if same {
+                    return;
+                }
+                if self.topology.is_none() {
+                    if topology.is_cluster() {
+                        info!(
+                            "cluster: Redis Cluster with {} shards",
+                            topology.masters().len()
+                        );
+                    }
+                } else {
+                    debug!("cluster: topology changed: masters {:?}", topology.masters());
+                }
+                let topology = Arc::new(topology);
+                let mut old: HashMap<String, Shard> = self
+                    .shards
+                    .drain(..)
+                    .map(|s| (s.addr.clone(), s))
+                    .collect();
+                let mut queued: Vec<Queued> = Vec::new();
+                for s in old.values_mut() {
+                    queued.extend(s.queue.drain(..));
+                }
+                self.shards = topology
+                    .masters()
+                    .iter()
+                    .map(|addr| old.remove(addr).unwrap_or_else(|| Shard::new(addr.clone())))
+                    .collect();
+                self.topology = Some(topology);
+                queued.sort_by_key(|q| q.since);
+                for q in queued {
+                    match self.shard_of(&q.op.route_key()) {
+                        Some(i) => self.shards[i].queue.push_back(q),
+                        None => self.fail(q.op),
+                    }
+                }
+                self.restart_feeds();
+            }
+            Err(e) => {
+                debug!("cluster: cannot reach Redis: {e}");
+                self.next_discovery = Instant::now() + self.discovery_backoff;
+                self.discovery_backoff = (self.discovery_backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    fn connect_shards(&mut self) {
+        let now = Instant::now();
+        let single = !self.is_cluster();
+        let url = self.settings.seeds.first().cloned().unwrap_or_default();
+        for s in &mut self.shards {
+            if s.con.is_some() || now < s.next_try {
+                continue;
+            }
+            // On a single server, the URL as given (database, password); in a cluster, each master.
+            let target = if single {
+                url.clone()
+            } else {
+                format!("redis://{}", s.addr)
+            };
+            let attempt = Client::open(target.as_str())
+                .and_then(|c| c.get_connection_with_timeout(CONNECT_TIMEOUT))
+                .and_then(|con| {
+                    con.set_read_timeout(Some(IO_TIMEOUT))?;
+                    con.set_write_timeout(Some(IO_TIMEOUT))?;
+                    Ok(con)
+                });
+            match attempt {
+                Ok(con) => {
+                    debug!("cluster: command link to {} up", s.addr);
+                    s.con = Some(con);
+                    s.backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    debug!("cluster: cannot reach {}: {e}", s.addr);
+                    s.next_try = now + s.backoff;
+                    s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+                    // A master that does not answer may have been replaced.
+                    self.stale = true;
+                }
+            }
+        }
+        // A shard back after a failure: the rooms we follow there continue after the last ids we
+        // saw, before anything else is sent to it.
+        let last = self.shared.last_ids();
+        for i in 0..self.shards.len() {
+            if self.shards[i].con.is_none() || !self.shards[i].failed {
+                continue;
+            }
+            self.shards[i].failed = false;
+            let mut rebases = Vec::new();
+            for (room, id) in &last {
+                if self.shard_of(&RoomKeys::of(room).meta) == Some(i) {
+                    rebases.push(Queued {
+                        op: Op::Rebase {
+                            room: room.clone(),
+                            last: *id,
+                        },
+                        since: Instant::now(),
+                    });
+                }
+            }
+            for q in rebases.into_iter().rev() {
+                self.shards[i].queue.push_front(q);
+            }
+        }
+    }
+
+    /// The reactor is told the link is up when every shard has a connection, down when none has
+    /// (a single server: when it has none).
+    fn tell_link(&mut self) {
+        let connected = self.shards.iter().filter(|s| s.con.is_some()).count();
+        let up = if self.told_up {
+            connected > 0 && (self.is_cluster() || connected == self.shards.len())
+        } else {
+            connected > 0 && connected == self.shards.len()
+        };
+        self.shared.commands_up.store(up, Ordering::Release);
+        if up != self.told_up {
+            self.told_up = up;
+            self.out.send(Notice::Commands { up });
+        }
+    }
+
+    /// The connection to shard `i` failed.
+    fn lost(&mut self, i: usize, e: &RedisError) {
+        let s = &mut self.shards[i];
+        debug!("cluster: command link to {} lost: {e}", s.addr);
+        s.con = None;
+        s.failed = true;
+        s.next_try = Instant::now() + BACKOFF_MIN;
+        s.backoff = BACKOFF_MIN * 2;
+        if self.is_cluster() {
+            self.stale = true;
+        }
+    }
+
+    // ---- sending ----------------------------------------------------------------------------------
+
+    fn flush_all(&mut self) {
+        for i in 0..self.shards.len() {
+            let s = &self.shards[i];
+            if s.con.is_some() && !s.queue.is_empty() && Instant::now() >= s.hold_until {
+                self.flush(i);
+            }
+        }
+    }
+
+    /// Sends shard `i`'s whole queue in one pipeline and dispatches the replies.
+    fn flush(&mut self, i: usize) {
+        let cluster = self.is_cluster();
+        let queue: Vec<Queued> = self.shards[i].queue.drain(..).collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent: Vec<Sent> = Vec::with_capacity(queue.len());
+        let mut run: Vec<Queued> = Vec::new();
+        for q in queue {
+            if matches!(q.op, Op::Post { .. }) {
+                run.push(q);
+                continue;
+            }
+            self.pack_posts(std::mem::take(&mut run), cluster, &mut pipe, &mut sent);
+            pipe.add_command(self.command(&q.op));
+            sent.push(Sent::One(q));
+        }
+        self.pack_posts(run, cluster, &mut pipe, &mut sent);
+        let Some(con) = self.shards[i].con.as_mut() else {
+            return;
+        };
+        let mut replies = pipe.query::<Vec<Value>>(con);
+        if matches!(&replies, Ok(v) if v.iter().any(is_noscript_value)) {
+            // A restarted Redis lost the scripts: nothing ran; load them and send again.
+            replies = load_all(con).and_then(|()| pipe.query::<Vec<Value>>(con));
+        }
+        match replies {
+            Ok(values) if values.len() == sent.len() => {
+                for (s, v) in sent.into_iter().zip(values) {
+                    self.settle(i, s, v);
+                }
+            }
+            Ok(values) => {
+                error!(
+                    "cluster: {} replies for {} commands",
+                    values.len(),
+                    sent.len()
+                );
+                self.requeue(i, sent);
+            }
+            Err(e) => {
+                if is_link_error(&e) {
+                    self.lost(i, &e);
+                } else {
+                    error!("cluster: pipeline refused: {e}");
+                }
+                // Sent again when the shard is back (or failed after the grace).
+                self.requeue(i, sent);
+            }
+        }
+    }
+
+    /// Adds `posts` (consecutive in a shard's queue) to `pipe`: one `post.lua` call per slot in a
+    /// cluster, per run on a single server, each room's posts in order.
+    fn pack_posts(
+        &mut self,
+        posts: Vec<Queued>,
+        cluster: bool,
+        pipe: &mut redis::Pipeline,
+        sent: &mut Vec<Sent>,
+    ) {
+        if posts.is_empty() {
+            return;
+        }
+        // group → rooms in first-seen order → posts in order
+        let mut groups: Vec<(u16, Vec<(String, Vec<Queued>)>)> = Vec::new();
+        for q in posts {
+            let Op::Post { room, .. } = &q.op else {
+                unreachable!("bug: not a post")
+            };
+            let group = if cluster {
+                slots::slot_of(RoomKeys::of(room).meta.as_bytes())
+            } else {
+                0
+            };
+            let g = match groups.iter().position(|g| g.0 == group) {
+                Some(g) => g,
+                None => {
+                    groups.push((group, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            let rooms = &mut groups[g].1;
+            match rooms.iter_mut().find(|r| r.0 == *room) {
+                Some(r) => r.1.push(q),
+                None => rooms.push((room.clone(), vec![q])),
+            }
+        }
+        let s = Scripts::get();
+        let ttl_us = self.settings.ttl.as_micros() as u64;
+        for (_, rooms) in groups {
+            let mut keys: Vec<String> = Vec::new();
+            let mut args: Vec<String> = vec![ttl_us.to_string(), self.settings.history_max.to_string()];
+            let mut carried: Vec<Queued> = Vec::new();
+            for (room, posts) in rooms {
+                for chunk in chunks(posts, POSTS_PER_CALL) {
+                    let k = RoomKeys::of(&room);
+                    keys.extend([k.meta, k.hist, k.members]);
+                    args.extend([k.channel, self.seed.epoch(), chunk.len().to_string()]);
+                    for q in &chunk {
+                        if let Op::Post { name, content, .. } = &q.op {
+                            args.push(name.clone());
+                            args.push(content.clone());
+                        }
+                    }
+                    carried.extend(chunk);
+                }
+            }
+            let mut cmd = s.post.call(&keys);
+            cmd.arg(args);
+            pipe.add_command(cmd);
+            sent.push(Sent::Posts(carried));
+        }
+    }
+
+    /// The script call for a non-post operation.
+    fn command(&mut self, op: &Op) -> redis::Cmd {
+        let s = Scripts::get();
+        let ttl_us = self.settings.ttl.as_micros() as u64;
+        match op {
+            Op::Join {
+                conn,
+                room,
+                wanted,
+                follow,
+            } => {
+                let k = RoomKeys::of(room);
+                let mut c = s.join.call(&k.all());
+                c.arg(&k.channel)
+                    .arg(wanted)
+                    .arg(keys::member_field(&self.node, *conn))
+                    .arg(self.seed.epoch())
+                    .arg(if *follow { ttl_us } else { 0 })
+                    .arg(&self.dead);
+                c
+            }
+            Op::Leave { room, field } => {
+                let k = RoomKeys::of(room);
+                let mut c = s.leave.call(&k.all());
+                c.arg(&k.channel).arg(field);
+                c
+            }
+            Op::Global { text } => {
+                let mut c = s.global.call(&GLOBAL_KEYS);
+                c.arg(GLOBAL_CHANNEL)
+                    .arg(ttl_us)
+                    .arg(self.settings.history_max)
+                    .arg(text);
+                c
+            }
+            Op::Sync { room, members } => {
+                let k = RoomKeys::of(room);
+                let mut c = s.sync.call(&k.all());
+                c.arg(&k.channel).arg(&self.node).arg(self.seed.epoch());
+                for (conn, name) in members {
+                    c.arg(keys::member_field(&self.node, *conn)).arg(name);
+                }
+                c
+            }
+            Op::Sweep { room } => {
+                let k = RoomKeys::of(room);
+                let mut c = s.sweep.call(&k.all());
+                c.arg(&k.channel).arg(&self.dead);
+                c
+            }
+            Op::Rebase { room, last } => {
+                let k = RoomKeys::of(room);
+                let mut c = s.rebase.call(&k.all());
+                c.arg(&k.channel).arg(*last);
+                c
+            }
+            Op::View { room, .. } => {
+                let k = RoomKeys::of(room);
+                let mut c = s.image.call(&[&k.meta, &k.hist, &k.members]);
+                c.arg(ttl_us);
+                c
+            }
+            Op::Post { .. } => unreachable!("bug: posts are packed"),
+        }
+    }
+
+    /// One reply: the answer to the reactor, or the operations to try again.
+    fn settle(&mut self, i: usize, sent: Sent, reply: Value) {
+        if let Value::ServerError(e) = &reply {
+            let e: RedisError = e.clone().into();
+            match slots::redirect_of(&e) {
+                Some(Redirect::Moved { .. }) => {
+                    // The slot has a new owner: read the topology again and route again.
+                    self.stale = true;
+                    self.next_discovery = Instant::now();
+                    self.requeue(i, vec![sent]);
+                    return;
+                }
+                Some(Redirect::Ask { .. }) => {
+                    self.hold(i);
+                    self.requeue(i, vec![sent]);
+                    return;
+                }
+                None if matches!(e.code(), Some("TRYAGAIN")) => {
+                    self.hold(i);
+                    self.requeue(i, vec![sent]);
+                    return;
+                }
+                None if is_link_error(&e) => {
+                    self.lost(i, &e);
+                    self.requeue(i, vec![sent]);
+                    return;
+                }
+                None => {
+                    error!("cluster: script refused: {e}");
+                    match sent {
+                        Sent::One(q) => self.fail(q.op),
+                        Sent::Posts(qs) => qs.into_iter().for_each(|q| self.fail(q.op)),
+                    }
+                    return;
+                }
+            }
+        }
+        let Sent::One(q) = sent else {
+            return; // posts come back on the feed
+        };
+        match q.op {
+            Op::Join {
+                conn, room, follow, ..
+            } => {
+                let answer = match &reply {
+                    Value::Array(items) if items.len() >= 2 => {
+                        text(&items[0]).zip(text(&items[1]))
+                    }
+                    _ => None,
+                };
+                let Some((name, epoch)) = answer else {
+                    self.fail(Op::Join {
+                        conn,
+                        room,
+                        wanted: String::new(),
+                        follow,
+                    });
+                    return;
+                };
+                let image = match &reply {
+                    Value::Array(items) if follow => items
+                        .get(2)
+                        .and_then(|v| parse_room_image(&room, v, &self.node)),
+                    _ => None,
+                };
+                self.members.insert(conn, (room, name.clone()));
+                self.out.send(Notice::Joined {
+                    conn,
+                    name,
+                    epoch,
+                    image,
+                });
+            }
+            Op::Sync { room, .. } => {
+                if let Some(epoch) = text(&reply) {
+                    self.out.send(Notice::Epoch { room, epoch });
+                }
+            }
+            Op::View { req, room } => {
+                let image = parse_room_image(&room, &reply, &self.node);
+                self.out.send(Notice::View { req, image });
+            }
+            Op::Sweep { .. } | Op::Leave { .. } | Op::Rebase { .. } | Op::Global { .. } => {}
+            Op::Post { .. } => unreachable!("bug: posts are packed"),
+        }
+    }
+
+    /// Puts what `sent` carried back at the front of shard `i`'s queue, in order, to be routed
+    /// again if the topology changes meanwhile.
+    fn requeue(&mut self, i: usize, sent: Vec<Sent>) {
+        let mut back: Vec<Queued> = Vec::new();
+        for s in sent {
+            match s {
+                Sent::One(q) => back.push(q),
+                Sent::Posts(qs) => back.extend(qs),
+            }
+        }
+        for q in back.into_iter().rev() {
+            self.shards[i].queue.push_front(q);
+        }
+    }
+
+    fn hold(&mut self, i: usize) {
+        self.shards[i].hold_until = Instant::now() + MIGRATION_RETRY;
+    }
+
+    /// Operations that waited longer than the grace for their shard fail (delivered locally).
+    fn fail_expired(&mut self) {
+        let grace = self.grace();
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        for s in &mut self.shards {
+            while s.queue.front().is_some_and(|q| now >= q.since + grace) {
+                failed.extend(s.queue.pop_front().map(|q| q.op));
+            }
+        }
+        if !failed.is_empty() && grace > Duration::ZERO {
+            warn!(
+                "cluster: {} operations for an unreachable shard failed after {grace:?}",
+                failed.len()
+            );
+        }
+        for op in failed {
+            self.fail(op);
+        }
+    }
+
+    /// An operation that cannot be done: what the reactor must do instead.
+    fn fail(&mut self, op: Op) {
+        match op {
+            Op::Join { conn, .. } => self.out.send(Notice::JoinFailed { conn }),
+            Op::Post {
+                conn: Some(conn),
+                content,
+                ..
+            } => self.out.send(Notice::PostFailed { conn, content }),
+            Op::Post {
+                conn: None,
                 room,
                 name,
                 content,
@@ -361,42 +951,93 @@ impl Commands {
                 name,
                 content,
             }),
-            _ => {}
+            Op::Global { text } => self.out.send(Notice::GlobalFailed { text }),
+            Op::View { req, .. } => self.out.send(Notice::View { req, image: None }),
+            // Redone by the next Sync after the outage.
+            Op::Leave { .. } | Op::Sync { .. } | Op::Sweep { .. } | Op::Rebase { .. } => {}
         }
     }
 
+    // ---- liveness ---------------------------------------------------------------------------------
+
+    /// Notes this node alive and learns the dead ones; a newly dead node is swept from every room
+    /// this node follows.
     fn heartbeat(&mut self) {
-        let ms = NODE_TTL.as_millis() as u64;
-        let node = self.node.clone();
-        if let Some(Value::Int(n)) = self.run_script(&Scripts::get().heartbeat, (&node, ms)) {
-            if n > 0 {
-                debug!("cluster: swept {n} members of dead nodes");
+        let Some(i) = self.shard_of(NODES) else {
+            return;
+        };
+        let Some(con) = self.shards[i].con.as_mut() else {
+            return;
+        };
+        let reply = eval(
+            con,
+            &Scripts::get().heartbeat,
+            &[NODES],
+            (
+                &self.node,
+                NODE_TTL.as_millis() as u64,
+                NODE_FORGET.as_millis() as u64,
+            ),
+        );
+        let dead = match reply {
+            Ok(v) => strings(&v).unwrap_or_default(),
+            Err(e) => {
+                if is_link_error(&e) {
+                    self.lost(i, &e);
+                } else {
+                    error!("cluster: heartbeat refused: {e}");
+                }
+                return;
+            }
+        };
+        let fresh = dead.iter().any(|d| !self.dead.contains(d));
+        self.dead = dead;
+        if fresh {
+            debug!("cluster: dead nodes {:?}: sweeping", self.dead);
+            for room in self.shared.followed() {
+                self.queue(Op::Sweep { room });
             }
         }
     }
 
+    /// The daemon stops: every member of ours leaves (one pipeline per shard), and the node leaves
+    /// the registry.
     fn bye(&mut self) {
-        let node = self.node.clone();
-        let _ = self.run_script(&Scripts::get().bye, &node);
+        let members: Vec<(u64, String)> = self
+            .members
+            .drain()
+            .map(|(conn, (room, _))| (conn, room))
+            .collect();
+        for (conn, room) in members {
+            let field = keys::member_field(&self.node, conn);
+            self.queue(Op::Leave { room, field });
+        }
+        for i in 0..self.shards.len() {
+            if self.shards[i].con.is_some() {
+                self.flush(i);
+            }
+        }
+        if let Some(i) = self.shard_of(NODES) {
+            if let Some(con) = self.shards[i].con.as_mut() {
+                let _ = redis::cmd("ZREM").arg(NODES).arg(&self.node).query::<Value>(con);
+            }
+        }
+        self.shared.stop_feeds();
     }
 }
 
-/// One post script call: `content` by `name` in `room`, numbered and stored within the history's
-/// TTL and `--history-max`, with `fresh` as the room's epoch should it start over.
-fn post(
-    room: &str,
-    name: &str,
-    content: &str,
-    ttl_us: u64,
-    max: usize,
-    fresh: String,
-) -> redis::Cmd {
-    let mut cmd = Scripts::get().post.cmd();
-    cmd.arg(room)
-        .arg(name)
-        .arg(content)
-        .arg(ttl_us)
-        .arg(max)
-        .arg(fresh);
-    cmd
+fn is_noscript_value(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if is_noscript(&e.clone().into()))
+}
+
+/// `items` in chunks of at most `n`, in order.
+fn chunks<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        match out.last_mut() {
+            Some(last) if last.len() < n => last.push(item),
+            _ => out.push(vec![item]),
+        }
+    }
+    out
 }

@@ -59,6 +59,21 @@ fn cors(allowed: &[String], origin: Option<&str>) -> String {
     }
 }
 
+/// A JSON answer given after the request ([`crate::reactor::Answer::Later`]): `200`, with the
+/// CORS headers `answer` would give, and `Connection: close`.
+pub fn late_json(body: &str, allowed: &[String], origin: Option<&str>, head_only: bool) -> Vec<u8> {
+    write_response(
+        &Response {
+            status: 200,
+            content_type: "application/json",
+            body: body.as_bytes(),
+            extra: &cors(allowed, origin),
+        },
+        false,
+        head_only,
+    )
+}
+
 /// The answer to a plain (non-upgrade) request for `route`, keep-alive as the request allows.
 pub fn answer(route: &Route<'_>, req: &Request<'_>, view: &View<'_>) -> Vec<u8> {
     if matches!(req.method, Method::Other | Method::Post) && *route != Route::NotFound {

@@ -10,7 +10,7 @@ mod answers;
 
 use std::fmt::Write;
 
-pub use answers::{answer, check_origin, View};
+pub use answers::{answer, check_origin, late_json, View};
 
 /// The browser client (SPEC §5), served at `GET /`.
 pub const CLIENT_PAGE: &str = include_str!("client.html");

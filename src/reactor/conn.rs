@@ -51,6 +51,9 @@ pub(crate) enum Phase<E> {
     /// Waiting for a complete HTTP request head (the first one, or the next
     /// one on a keep-alive connection); dropped at `deadline`.
     AwaitingRequest { deadline: u32 },
+    /// A request answered [`Answer::Later`](super::Answer::Later): waiting for the service's
+    /// answer until `deadline`; input is discarded meanwhile (the answer closes the connection).
+    AwaitingAnswer { deadline: u32 },
     /// An open WebSocket.
     Open { ws: WebSocket, endpoint: E },
     /// We sent (or queued) Close: input is discarded until the peer's FIN,

@@ -222,6 +222,15 @@ impl<S: Service> Running<S> {
                     buf.len()
                 }
             }
+            Answer::Later => {
+                self.core.metrics.http_requests += 1;
+                let deadline = self.core.tick32() + self.core.limits.handshake_ticks;
+                if let Some(c) = self.core.conn_mut(key) {
+                    c.phase = Phase::AwaitingAnswer { deadline };
+                }
+                self.core.arm(key, deadline);
+                buf.len()
+            }
             Answer::Upgrade(opening) => match handshake::check_upgrade(&req) {
                 Err(e) => {
                     self.core.metrics.handshake_failures += 1;

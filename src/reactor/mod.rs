@@ -503,6 +503,8 @@ impl<S: Service> Core<S> {
 }
 
 /// The whole answer for a connection refused at accept (a static, so refusing allocates nothing).
+/// The answer to a request whose service did not answer in time ([`service::Answer::Later`]).
+const GATEWAY_TIMEOUT: &[u8] = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n504 Gateway Timeout\n";
 const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\nCache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n\r\n503 Service Unavailable\n";
 
 impl<S: Service> Running<S> {
@@ -626,6 +628,14 @@ impl<S: Service> Running<S> {
                         };
                     self.core.arm(key, next.max(tick + 1));
                 }
+            }
+            Phase::AwaitingAnswer { deadline } if tick < *deadline => {
+                let d = *deadline;
+                self.core.arm(key, d);
+            }
+            Phase::AwaitingAnswer { .. } => {
+                debug!("no answer in time for {}", key.index);
+                self.core.answer_and_close(key, GATEWAY_TIMEOUT);
             }
             Phase::ClosingByUs { deadline, .. } | Phase::Finishing { deadline }
                 if tick < *deadline =>

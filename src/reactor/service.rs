@@ -45,6 +45,10 @@ pub enum Answer<O> {
     /// the 101 is queued and [`Service::handle_open`] gets `O` back. When it fails, the client gets
     /// the matching 4xx and `O` is dropped.
     Upgrade(O),
+    /// The answer comes later, through [`Io::respond`] (the service asked someone else: the cluster
+    /// bridge). Meanwhile nothing more is read from the connection; without an answer by the request
+    /// deadline (`--handshake-timeout`), the client gets a `504` and the connection is closed.
+    Later,
 }
 
 /// Whether a connection carries another request after this answer.
@@ -221,6 +225,18 @@ impl<S: Service> Io<'_, S> {
         let shared = self.share(frame);
         for conn in to {
             self.core.send_shared(conn, shared);
+        }
+    }
+
+    /// The answer to a request answered [`Answer::Later`]: `bytes` (a whole HTTP answer) are sent and
+    /// the connection closed once they are written. Nothing happens if the connection is gone or
+    /// was answered already (its deadline passed).
+    pub fn respond(&mut self, conn: ConnKey, bytes: &[u8]) {
+        if matches!(
+            self.core.conn(conn).map(|c| &c.phase),
+            Some(Phase::AwaitingAnswer { .. })
+        ) {
+            self.core.answer_and_close(conn, bytes);
         }
     }
 

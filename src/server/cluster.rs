@@ -7,22 +7,29 @@
 //! and joins go to the bridge; what comes back on its feed is applied to the chat's replica and
 //! delivered like any broadcast (see `chat::replica`). While Redis is unreachable the node serves its
 //! own clients exactly as a single daemon does.
+//!
+//! The node follows a room while it has members there (joined or joining): the first join asks the
+//! bridge to follow it and answers with the room's image; events of the room that arrive before that
+//! answer wait for it, so they are applied on top of the image, in order. The last member's departure
+//! unfollows the room, and the replica forgets it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use log::{info, warn};
 use mio::Waker;
 
-use crate::chat::{self, ClusterImage, MemberId, Origin, Presence, Resume};
+use crate::chat::{self, ClusterImage, MemberId, Origin, Presence, Resume, RoomImage};
 use crate::cluster::{self, Bridge, Notice};
 use crate::config::Config;
-use crate::reactor::Io;
+use crate::http::{self, Route};
+use crate::protocol::handshake::{Method, Request as HttpRequest};
+use crate::reactor::{Answer, ConnKey, Io};
 
 pub(super) use crate::cluster::Request;
 
-use super::{conn_of, member, Endpoint, Server, Timer};
+use super::{conn_of, member, Admitted, Endpoint, Server, Timer};
 
 /// Most text frames kept for a client whose cluster join is not answered yet; more are refused as
 /// over the rate limit. The answer normally takes well under a millisecond.
@@ -36,8 +43,12 @@ pub(super) struct ClusterLink {
     bridge: Bridge,
     /// The bridge's command link is up.
     commands_up: bool,
-    /// While the feed is subscribed: the generation of its last image (applied or not).
-    feed: Option<u64>,
+    /// A feed has sent its image (and, on a single server, not been lost since).
+    feed: bool,
+    /// Rooms this node follows: with a member here, joined or joining.
+    followed: HashSet<String>,
+    /// Rooms whose first join is with the bridge: their events wait for its image.
+    pending: HashMap<String, Vec<Notice>>,
     /// Serving as part of the cluster: both links up and an image applied since. Otherwise the node
     /// serves locally, as a single daemon.
     pub(super) up: bool,
@@ -45,6 +56,19 @@ pub(super) struct ClusterLink {
     down_logged: bool,
     /// Room joins waiting for the bridge's answer.
     joining: HashMap<MemberId, Joining>,
+    /// HTTP views of rooms this node does not follow, waiting for their image (by request token).
+    views: HashMap<u64, LateView>,
+}
+
+/// `GET /rooms/{room}/messages` for a room this node does not follow: what its answer needs once
+/// the room's image comes from Redis.
+pub(super) struct LateView {
+    conn: ConnKey,
+    room: String,
+    since: Option<u64>,
+    limit: Option<usize>,
+    head_only: bool,
+    origin: Option<String>,
 }
 
 /// A room join waiting for the cluster: what `welcome` needs, and the frames sent meanwhile.
@@ -67,19 +91,28 @@ pub(super) struct Joining {
 impl ClusterLink {
     /// Starts the bridge threads; they wake the loop through `waker`.
     pub(super) fn start(cfg: &Config, url: &str, waker: Waker) -> std::io::Result<ClusterLink> {
+        let seeds: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
         let bridge = cluster::start(
             cluster::Settings {
-                url: url.to_owned(),
+                seeds,
+                cluster: cfg.redis_cluster,
                 ttl: cfg.history_ttl,
                 history_max: cfg.history_max,
             },
             waker,
         )?;
-        info!("cluster: joining through Redis at {url}");
+        if cfg.redis_cluster {
+            info!("cluster: joining through the Redis Cluster at {url}");
+        } else {
+            info!("cluster: joining through Redis at {url}");
+        }
         Ok(ClusterLink {
             bridge,
             commands_up: false,
-            feed: None,
+            feed: false,
+            followed: HashSet::new(),
+            pending: HashMap::new(),
+            views: HashMap::new(),
             up: false,
             down_logged: false,
             joining: HashMap::new(),
@@ -110,10 +143,15 @@ impl ClusterLink {
     ) {
         let room = chat::clean_room(room);
         let wanted = chat::clean_client(client);
+        let follow = self.followed.insert(room.clone());
+        if follow {
+            self.pending.insert(room.clone(), Vec::new());
+        }
         self.bridge.send(Request::Join {
             conn: m.0,
             room: room.clone(),
             wanted: wanted.clone(),
+            follow,
         });
         self.joining.insert(
             m,
@@ -129,10 +167,35 @@ impl ClusterLink {
         );
     }
 
-    /// A joining member went away.
-    pub(super) fn cancel_join(&mut self, m: MemberId) {
-        self.joining.remove(&m);
+    /// A joining member went away; returns its room.
+    pub(super) fn cancel_join(&mut self, m: MemberId) -> Option<String> {
         self.bridge.send(Request::Leave { conn: m.0 });
+        self.joining.remove(&m).map(|j| j.room)
+    }
+
+    /// A member joined `room` (cleaned) locally while Redis is away: follow the room, so that the
+    /// feeds subscribe to it and bring its image when they are back.
+    pub(super) fn follow_local(&mut self, room: &str) {
+        if self.followed.insert(room.to_owned()) {
+            self.bridge.send(Request::Follow {
+                room: room.to_owned(),
+            });
+        }
+    }
+
+    /// Whether a member is joining `room`.
+    fn joining_room(&self, room: &str) -> bool {
+        self.joining.values().any(|j| j.room == room)
+    }
+
+    /// Where an event of `room` goes: `Some(notice)` to apply now, `None` when it waits for the
+    /// room's image or concerns a room this node does not follow.
+    fn route(&mut self, room: &str, notice: Notice) -> Option<Notice> {
+        if let Some(waiting) = self.pending.get_mut(room) {
+            waiting.push(notice);
+            return None;
+        }
+        self.followed.contains(room).then_some(notice)
     }
 
     pub(super) fn send_leave(&self, m: MemberId) {
@@ -158,12 +221,24 @@ impl Server {
             return;
         };
         let up = c.up;
+        // A followed room's events wait while its image is on its way; other rooms' are dropped.
+        let notice = match notice {
+            Notice::Messages { ref room, .. } | Notice::Presence { ref room, .. } if up => {
+                let room = room.clone();
+                match c.route(&room, notice) {
+                    Some(n) => n,
+                    None => return,
+                }
+            }
+            other => other,
+        };
         match notice {
             Notice::Commands { up: true } => {
                 c.commands_up = true;
-                if let (false, Some(gen)) = (c.up, c.feed) {
-                    // The feed's image came while commands were down and was not used: get a fresh one.
-                    c.bridge.send(Request::Resync { gen });
+                if !c.up && c.feed {
+                    // The feeds' images came while commands were down and were not used: get
+                    // fresh ones.
+                    c.bridge.send(Request::Resync);
                 }
             }
             Notice::Commands { up: false } => {
@@ -171,20 +246,27 @@ impl Server {
                 self.leave_cluster(io);
             }
             Notice::FeedDown => {
-                c.feed = None;
+                c.feed = false;
                 self.leave_cluster(io);
             }
-            Notice::FeedUp { gen, image } => {
-                c.feed = Some(gen);
-                if c.commands_up {
+            Notice::FeedUp { image } => {
+                c.feed = true;
+                if !c.commands_up {
+                    // Not used: a fresh one is asked for when commands are back.
+                } else if c.up {
+                    // One shard's feed is back: its rooms start over from their image.
+                    self.apply_image(io, &image);
+                } else {
                     self.enter_cluster(io, &image);
                 }
             }
-            Notice::Message { room, epoch, msg } if up => {
-                if let Some((key, event, arm)) = self.chat.cluster_message(&room, &epoch, &msg) {
-                    self.broadcast_room_message(io, key, &event);
-                    if let Some(due) = arm {
-                        io.arm_at(Timer::Room(key), due);
+            Notice::Messages { room, epoch, msgs } if up => {
+                for msg in &msgs {
+                    if let Some((key, event, arm)) = self.chat.cluster_message(&room, &epoch, msg) {
+                        self.broadcast_room_message(io, key, &event);
+                        if let Some(due) = arm {
+                            io.arm_at(Timer::Room(key), due);
+                        }
                     }
                 }
             }
@@ -223,18 +305,40 @@ impl Server {
                     }
                 }
             }
-            Notice::Message { .. } | Notice::Presence { .. } | Notice::Global { .. } => {
+            Notice::Messages { .. } | Notice::Presence { .. } | Notice::Global { .. } => {
                 // Not in the cluster now: the next image brings the replica up to date.
             }
-            Notice::Joined { conn, name, epoch } => {
+            Notice::Joined {
+                conn,
+                name,
+                epoch,
+                image,
+            } => {
+                let room = c.joining.get(&MemberId(conn)).map(|j| j.room.clone());
+                if let Some(image) = image {
+                    self.room_image(io, image);
+                }
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
                 match c.joining.get_mut(&MemberId(conn)) {
                     // `welcome` waits for the `join` on the feed.
-                    Some(j) if up => j.answer = Some((name, epoch)),
+                    Some(j) if c.up => j.answer = Some((name, epoch)),
                     Some(_) => self.finish_join(io, MemberId(conn), Some((name, epoch))),
                     None => {}
                 }
+                if let Some(room) = room {
+                    self.release_events(io, &room);
+                }
             }
-            Notice::JoinFailed { conn } => self.finish_join(io, MemberId(conn), None),
+            Notice::JoinFailed { conn } => {
+                let room = c.joining.get(&MemberId(conn)).map(|j| j.room.clone());
+                if let Some(room) = room {
+                    // No image is coming: what waited is covered by the next one.
+                    c.pending.remove(&room);
+                }
+                self.finish_join(io, MemberId(conn), None);
+            }
             Notice::PublishFailed {
                 room,
                 name,
@@ -264,11 +368,90 @@ impl Server {
                     self.chat.cluster_epoch(&room, &epoch);
                 }
             }
+            Notice::View { req, image } => {
+                let Some(v) = c.views.remove(&req) else {
+                    return;
+                };
+                let now = io.wall();
+                let body = match image {
+                    Some(image) => self.chat.image_messages_json(&image, v.since, v.limit, now),
+                    // Redis could not be asked: what this node has (nothing, as it does not follow
+                    // the room), as a single daemon would answer.
+                    None => self.chat.room_messages_json(&v.room, v.since, v.limit, now),
+                };
+                let bytes = http::late_json(
+                    &body,
+                    &self.allowed_origins,
+                    v.origin.as_deref(),
+                    v.head_only,
+                );
+                io.respond(v.conn, &bytes);
+            }
         }
     }
 
-    /// Both links are up and `image` is fresh: become a replica of the cluster.
-    fn enter_cluster(&mut self, io: &mut Io<'_, Self>, image: &ClusterImage) {
+    /// `GET /rooms/{room}/messages` for a room this node does not follow, in the cluster: its
+    /// history is read from Redis and the answer given when it comes ([`Answer::Later`]).
+    pub(super) fn view_from_redis(
+        &mut self,
+        conn: ConnKey,
+        req: &HttpRequest<'_>,
+        route: &Route<'_>,
+    ) -> Option<Answer<Admitted>> {
+        let Route::RoomMessages { room, since, limit } = route else {
+            return None;
+        };
+        if !matches!(req.method, Method::Get | Method::Head) {
+            return None;
+        }
+        let c = self.cluster.as_mut().filter(|c| c.up)?;
+        let room = chat::clean_room(&http::percent_decode(room));
+        if c.followed.contains(&room) {
+            return None;
+        }
+        let token = member(conn).0;
+        c.bridge.send(Request::View {
+            req: token,
+            room: room.clone(),
+        });
+        c.views.insert(
+            token,
+            LateView {
+                conn,
+                room,
+                since: *since,
+                limit: *limit,
+                head_only: req.method == Method::Head,
+                origin: req.origin.map(str::to_owned),
+            },
+        );
+        Some(Answer::Later)
+    }
+
+    /// The image of a room this node starts following, read with its first join here.
+    fn room_image(&mut self, io: &mut Io<'_, Self>, image: RoomImage) {
+        if !self.cluster.as_ref().is_some_and(|c| c.up) {
+            return; // serving locally: the next feed image brings it
+        }
+        let image = ClusterImage {
+            rooms: vec![image],
+            global: None,
+        };
+        self.apply_image(io, &image);
+    }
+
+    /// The room's image is applied (or will not come): the events that waited for it, in order.
+    fn release_events(&mut self, io: &mut Io<'_, Self>, room: &str) {
+        let Some(waiting) = self.cluster.as_mut().and_then(|c| c.pending.remove(room)) else {
+            return;
+        };
+        for notice in waiting {
+            self.on_notice(io, notice);
+        }
+    }
+
+    /// Applies `image` to the replica: what changed is told, expiry timers armed.
+    fn apply_image(&mut self, io: &mut Io<'_, Self>, image: &ClusterImage) {
         let applied = self.chat.apply_image(image, io.wall());
         for d in &applied.deliveries {
             self.deliver(io, d);
@@ -279,6 +462,30 @@ impl Server {
         if let Some(due) = applied.arm_global {
             io.arm_at(Timer::Global, due);
         }
+    }
+
+    /// A member of `room` (cleaned name) is gone: the last one here unfollows the room.
+    pub(super) fn maybe_unfollow(&mut self, room: &str) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let still = self
+            .chat
+            .room_key(room)
+            .is_some_and(|key| !self.chat.room_members(key).is_empty());
+        if still || c.joining_room(room) || !c.followed.remove(room) {
+            return;
+        }
+        c.pending.remove(room);
+        c.bridge.send(Request::Unfollow {
+            room: room.to_owned(),
+        });
+        self.chat.cluster_forget(room);
+    }
+
+    /// Both links are up and `image` is fresh: become a replica of the cluster.
+    fn enter_cluster(&mut self, io: &mut Io<'_, Self>, image: &ClusterImage) {
+        self.apply_image(io, image);
         // Our members: those that joined while Redis was away, or that a restarted Redis lost.
         let mut members = Vec::new();
         let mut pending = Vec::new();

@@ -296,6 +296,9 @@ impl Service for Server {
                 protocol,
             });
         }
+        if let Some(later) = self.view_from_redis(conn, req, &route) {
+            return later;
+        }
         let (metrics, transport) = io.transport();
         let view = http::View {
             chat: &self.chat,
@@ -352,6 +355,10 @@ impl Service for Server {
                     // The cluster de-duplicates the name; `welcome` waits for its answer.
                     c.begin_join(m, peer, &room, &client, since, epoch);
                     return Endpoint::Joining;
+                }
+                if let Some(c) = self.cluster.as_mut() {
+                    // Redis is away: a local join, in a room the feeds follow when it is back.
+                    c.follow_local(&chat::clean_room(&room));
                 }
                 // Two tabs of one person (same name and device id) are one entry: local only, the
                 // cluster de-duplicates names in Redis, device or not.
@@ -425,8 +432,8 @@ impl Service for Server {
                 }
             }
             Endpoint::Joining => {
-                if let Some(c) = self.cluster.as_mut() {
-                    c.cancel_join(m);
+                if let Some(room) = self.cluster.as_mut().and_then(|c| c.cancel_join(m)) {
+                    self.maybe_unfollow(&room);
                 }
             }
             Endpoint::Room(room) => {
@@ -435,6 +442,10 @@ impl Service for Server {
                 let name = (self.chat.vocabulary() == Vocabulary::FastApi)
                     .then(|| self.chat.member_name(room, m).map(str::to_owned))
                     .flatten();
+                let room_name = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|_| self.chat.room_id(room).map(str::to_owned));
                 let event = self.chat.leave(room, m, io.wall());
                 let clustered = match self.cluster.as_ref() {
                     Some(c) => {
@@ -450,6 +461,9 @@ impl Service for Server {
                 if let (Some(event), Departure::Left, false) = (event, why, clustered) {
                     let name = name.as_deref().unwrap_or_default();
                     self.announce_to(io, room, Presence::Leave, name, &event, None);
+                }
+                if let Some(room_name) = room_name {
+                    self.maybe_unfollow(&room_name);
                 }
             }
         }

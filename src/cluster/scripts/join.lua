@@ -1,22 +1,29 @@
--- join.lua: a client joins a room (Request::Join). Gives the room an epoch if it has none, keeps
--- its meta from expiring, notes the room among this node's (for sweeping), takes the first name of
--- wanted, wanted#2, wanted#3, ... that no member of the room has on any node, registers the member
--- under it and publishes `j`.
--- KEYS: none (called with numkeys 0): every key is built from ARGV, as laid out in keys.rs.
--- ARGV: room, wanted name, field (node:conn), node, fresh epoch (used if the room has none).
--- Returns {name, epoch}.
-local room, wanted, field, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local epoch = ensure_epoch(room, ARGV[5])
-redis.call('PERSIST', 'wisp:meta:' .. room)
-redis.call('SADD', 'wisp:noderooms:' .. node, room)
-local names = 'wisp:names:' .. room
+-- join.lua: a client joins a room (Request::Join). Removes the members of dead nodes, gives the
+-- room an epoch if it has none, keeps its meta from expiring, takes the first name of wanted,
+-- wanted#2, wanted#3, ... that no member of the room has on any node, registers the member under
+-- it and publishes `j`. For a node that starts following the room, also returns the room's image,
+-- read in the same step: the node subscribed to the channel before, so the image and the events
+-- after it miss nothing.
+-- KEYS: the room's meta, hist, members, names.
+-- ARGV: channel, wanted name, field (node:conn), fresh epoch (used if the room has none),
+-- ttl in microseconds (0: no image), then the ids of dead nodes.
+-- Returns {name, epoch} or {name, epoch, image} (prelude `image`).
+local channel, wanted, field = ARGV[1], ARGV[2], ARGV[3]
+local dead = {}
+for i = 6, #ARGV do dead[ARGV[i]] = true end
+sweep(KEYS, channel, dead)
+local meta, hist, members, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local epoch = ensure_epoch(meta, hist, ARGV[4])
+redis.call('PERSIST', meta)
 local name, n = wanted, 2
 while redis.call('HEXISTS', names, name) == 1 do
   name = wanted .. '#' .. n
   n = n + 1
 end
-redis.call('HSET', 'wisp:members:' .. room, field, name)
+redis.call('HSET', members, field, name)
 redis.call('HSET', names, name, field)
-redis.call('PUBLISH', 'wisp:room:' .. room,
+redis.call('SPUBLISH', channel,
   'j\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then return {name, epoch, image(meta, hist, members, ttl)} end
 return {name, epoch}

@@ -1,31 +1,49 @@
--- post.lua: a member's message (Request::Post), atomically: its id (the room's seq + 1), its time
--- (Redis's clock, never behind the room's last), the history (added, trimmed to the TTL and the
--- history max, kept a second past the TTL), the meta's expiry (none while the room has members)
--- and the `m` PUBLISH.
--- KEYS: none (called with numkeys 0): every key is built from ARGV, as laid out in keys.rs.
--- ARGV: room, client (the sender's name), content, ttl in microseconds, history max (0: none),
--- fresh epoch.
--- Returns the id.
-local room, client, content = ARGV[1], ARGV[2], ARGV[3]
-local ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5])
-local epoch = ensure_epoch(room, ARGV[6])
-local meta, hist = 'wisp:meta:' .. room, 'wisp:hist:' .. room
+-- post.lua: a batch of messages for one or more rooms (Request::Post, Request::Publish), atomically
+-- per room: their ids (the room's seq + 1, + 2, ...), their times (Redis's clock, each a
+-- microsecond after the room's last at least, so that the history's order is the ids' order), the
+-- history (added, trimmed to the TTL and the history max, kept a second past the TTL), the meta's
+-- expiry (none while the room has members) and one SPUBLISH per room carrying the whole batch.
+-- KEYS: per room, its meta, hist, members (3 each). In a Redis Cluster the caller sends one call
+-- per slot; on one server, one call for the whole batch.
+-- ARGV: ttl in microseconds, history max (0: none), then per room: channel, fresh epoch, count N,
+-- then N × (client, content).
+-- Returns the last id of each room, in order.
+local ttl, max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_us()
-local at = math.max(now, tonumber(redis.call('HGET', meta, 'at')) or 0)
-local id = redis.call('HINCRBY', meta, 'seq', 1)
-redis.call('HSET', meta, 'at', us(at))
-local body = us(id) .. '\n' .. us(at) .. '\n' .. client .. '\n' .. content
 local keep_ms = math.floor(ttl / 1000) + 1000
-if max > 0 then
-  redis.call('ZADD', hist, us(at), body)
-  redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
-  redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
-  redis.call('PEXPIRE', hist, keep_ms)
+local ids = {}
+local a = 3
+for r = 0, #KEYS / 3 - 1 do
+  local meta, hist, members = KEYS[3 * r + 1], KEYS[3 * r + 2], KEYS[3 * r + 3]
+  local channel, fresh, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local epoch = ensure_epoch(meta, hist, fresh)
+  local state = redis.call('HMGET', meta, 'seq', 'at')
+  local seq, at = tonumber(state[1]) or 0, tonumber(state[2]) or 0
+  local event, zadd = {'m\n', epoch, '\n', n, '\n'}, {}
+  for _ = 1, n do
+    local client, content = ARGV[a], ARGV[a + 1]
+    a = a + 2
+    seq = seq + 1
+    at = math.max(now, at + 1)
+    local head = us(seq) .. '\n' .. us(at) .. '\n'
+    zadd[#zadd + 1] = us(at)
+    zadd[#zadd + 1] = head .. client .. '\n' .. content
+    event[#event + 1] = head .. #client .. '\n' .. #content .. '\n' .. client .. content
+  end
+  redis.call('HSET', meta, 'seq', us(seq), 'at', us(at))
+  if max > 0 then
+    redis.call('ZADD', hist, unpack(zadd))
+    redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
+    redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
+    redis.call('PEXPIRE', hist, keep_ms)
+  end
+  if redis.call('HLEN', members) > 0 then
+    redis.call('PERSIST', meta)
+  else
+    redis.call('PEXPIRE', meta, keep_ms)
+  end
+  redis.call('SPUBLISH', channel, table.concat(event))
+  ids[#ids + 1] = seq
 end
-if redis.call('HLEN', 'wisp:members:' .. room) > 0 then
-  redis.call('PERSIST', meta)
-else
-  redis.call('PEXPIRE', meta, keep_ms)
-end
-redis.call('PUBLISH', 'wisp:room:' .. room, 'm\n' .. epoch .. '\n' .. body)
-return id
+return ids

@@ -1,47 +1,62 @@
 -- prelude.lua: helpers every script starts with. What Redis runs is this file followed by one
 -- script's body, as one script (see scripts.rs), so these are local functions of each script.
---   now_us()                       Redis's clock, in microseconds
---   us(n)                          an integer as text
---   ensure_epoch(room, fresh)      the room's epoch: `fresh`, with an empty history, if it has none
---   leave(room, field, node, kind) removes a member and publishes its leave as `kind`
--- KEYS, ARGV: those of the script that follows.
+-- Every key comes from the caller (KEYS): a room script gets the room's meta, hist, members and
+-- names, in that order (keys.rs), all under the room's hash tag, so one slot.
+--   now_us()                                  Redis's clock, in microseconds
+--   us(n)                                     an integer as text
+--   ensure_epoch(meta, hist, fresh)           the room's epoch: `fresh`, with an empty history, if it has none
+--   leave(k, channel, field, kind)            removes a member and publishes its leave as `kind`
+--   sweep(k, channel, dead)                   removes the members of the nodes in set `dead`
+--   image(meta, hist, members, ttl)           {epoch, seq, {body...}, {field, name, ...}, gap}
+-- (k: the room's four keys as a table.)
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 -- Integers as text: redis.call would print big numbers in %.14g.
 local function us(n) return string.format('%.0f', n) end
-local function ensure_epoch(room, fresh)
-  local meta = 'wisp:meta:' .. room
+local function ensure_epoch(meta, hist, fresh)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     epoch = fresh
-    redis.call('DEL', 'wisp:hist:' .. room)
+    redis.call('DEL', hist)
     redis.call('HSET', meta, 'epoch', epoch, 'seq', '0', 'at', '0')
   end
-  redis.call('SADD', 'wisp:rooms', room)
   return epoch
 end
--- Removes member `field` of `room` and publishes its leave; 0 if it was not there, so a leave is
--- published once however many nodes sweep.
-local function leave(room, field, node, kind)
-  local members, names = 'wisp:members:' .. room, 'wisp:names:' .. room
+-- Removes member `field` and publishes its leave; 0 if it was not there, so a leave is published
+-- once however many nodes sweep. The meta outlives the last member as long as the history does.
+local function leave(k, channel, field, kind)
+  local meta, hist, members, names = k[1], k[2], k[3], k[4]
   local name = redis.call('HGET', members, field)
   if not name then return 0 end
   redis.call('HDEL', members, field)
   if redis.call('HGET', names, name) == field then redis.call('HDEL', names, name) end
-  local meta = 'wisp:meta:' .. room
   local epoch = redis.call('HGET', meta, 'epoch') or ''
   if redis.call('HLEN', members) == 0 then
-    local left = redis.call('PTTL', 'wisp:hist:' .. room)
+    local left = redis.call('PTTL', hist)
     if left > 0 then
       redis.call('PEXPIRE', meta, left)
     else
       redis.call('DEL', meta)
-      redis.call('SREM', 'wisp:rooms', room)
     end
   end
-  redis.call('PUBLISH', 'wisp:room:' .. room,
+  redis.call('SPUBLISH', channel,
     kind .. '\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
   return 1
+end
+local function sweep(k, channel, dead)
+  if next(dead) == nil then return 0 end
+  local n = 0
+  for _, f in ipairs(redis.call('HKEYS', k[3])) do
+    local node = string.match(f, '^([^:]*):')
+    if node and dead[node] then n = n + leave(k, channel, f, 'l') end
+  end
+  return n
+end
+local function image(meta, hist, members, ttl)
+  local cut = '(' .. us(now_us() - ttl)
+  local state = redis.call('HMGET', meta, 'epoch', 'seq', 'gap')
+  return {state[1] or '', state[2] or '0', redis.call('ZRANGEBYSCORE', hist, cut, '+inf'),
+    redis.call('HGETALL', members), state[3] or '0'}
 end

@@ -1,31 +1,25 @@
--- sync.lua: Redis is back (Request::Sync). Registers every member of this node, publishing `J` for
--- those Redis had lost, and removes any other member of this node, publishing `L` (upper case: a
--- re-registration, which the node that made it ignores).
--- KEYS: none (called with numkeys 0): every key is built from ARGV, as laid out in keys.rs.
--- ARGV: node, fresh epoch, then room, field (node:conn), name per member.
--- Returns {room, epoch, room, epoch, ...}: one pair per member, so rooms may repeat.
-local node, fresh = ARGV[1], ARGV[2]
-local keep, epochs = {}, {}
-for i = 3, #ARGV, 3 do
-  local room, field, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  keep[room .. '\n' .. field] = true
-  local epoch = ensure_epoch(room, fresh)
-  redis.call('PERSIST', 'wisp:meta:' .. room)
-  redis.call('SADD', 'wisp:noderooms:' .. node, room)
-  if redis.call('HSETNX', 'wisp:members:' .. room, field, name) == 1 then
-    redis.call('HSETNX', 'wisp:names:' .. room, name, field)
-    redis.call('PUBLISH', 'wisp:room:' .. room,
+-- sync.lua: Redis is back (Request::Sync), for one room. Registers every member this node has in
+-- the room, publishing `J` for those Redis had lost, and removes any other member of this node,
+-- publishing `L` (upper case: a re-registration, which the node that made it ignores).
+-- KEYS: the room's meta, hist, members, names.
+-- ARGV: channel, node, fresh epoch, then field (node:conn), name per member.
+-- Returns the room's epoch.
+local meta, hist, members, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local channel, node = ARGV[1], ARGV[2]
+local keep = {}
+for i = 4, #ARGV, 2 do keep[ARGV[i]] = true end
+local prefix = node .. ':'
+for _, f in ipairs(redis.call('HKEYS', members)) do
+  if string.sub(f, 1, #prefix) == prefix and not keep[f] then leave(KEYS, channel, f, 'L') end
+end
+local epoch = ensure_epoch(meta, hist, ARGV[3])
+if #ARGV >= 4 then redis.call('PERSIST', meta) end
+for i = 4, #ARGV, 2 do
+  local field, name = ARGV[i], ARGV[i + 1]
+  if redis.call('HSETNX', members, field, name) == 1 then
+    redis.call('HSETNX', names, name, field)
+    redis.call('SPUBLISH', channel,
       'J\n' .. epoch .. '\n' .. us(now_us()) .. '\n' .. field .. '\n' .. name)
   end
-  epochs[#epochs + 1] = room
-  epochs[#epochs + 1] = epoch
 end
-local prefix = node .. ':'
-for _, room in ipairs(redis.call('SMEMBERS', 'wisp:noderooms:' .. node)) do
-  for _, f in ipairs(redis.call('HKEYS', 'wisp:members:' .. room)) do
-    if string.sub(f, 1, #prefix) == prefix and not keep[room .. '\n' .. f] then
-      leave(room, f, node, 'L')
-    end
-  end
-end
-return epochs
+return epoch
