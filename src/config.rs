@@ -169,7 +169,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WISP_DEFLATE_LEVEL", default_value_t = 2, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(2..=9))]
     pub deflate_level: u32,
     /// Join a cluster through Redis (`redis://HOST:PORT`).
-    #[arg(long, env = "WISP_REDIS", value_name = "URL", conflicts_with = "redis_cluster")]
+    #[arg(
+        long,
+        env = "WISP_REDIS",
+        value_name = "URL",
+        conflicts_with = "redis_cluster"
+    )]
     pub redis: Option<String>,
     /// Join a cluster through a Redis Cluster: seed nodes, comma-separated
     /// (`redis://HOST:PORT,redis://HOST:PORT`); the others are found from them.

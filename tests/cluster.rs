@@ -90,7 +90,10 @@ impl Redis {
     /// How many connections subscribe to `room`'s channel (`PUBSUB SHARDNUMSUB`).
     fn room_subscribers(&self, room: &str) -> u64 {
         let out = self.cli(&["PUBSUB", "SHARDNUMSUB", &format!("wisp:{{r:{room}}}:ch")]);
-        out.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap()
+        out.lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap()
     }
 
     /// How many scripts Redis has run by SHA-1 so far (`INFO commandstats`).
@@ -603,8 +606,16 @@ fn a_node_follows_only_the_rooms_its_members_are_in() {
     assert_eq!(redis.room_subscribers("busy"), 0);
     let (mut a, _) = Client::join(&n[0], "busy", "ann", "");
     let (_q, _) = Client::join(&n[1], "quiet", "quinn", "");
-    assert_eq!(redis.room_subscribers("busy"), 1, "only node 0 follows busy");
-    assert_eq!(redis.room_subscribers("quiet"), 1, "only node 1 follows quiet");
+    assert_eq!(
+        redis.room_subscribers("busy"),
+        1,
+        "only node 0 follows busy"
+    );
+    assert_eq!(
+        redis.room_subscribers("quiet"),
+        1,
+        "only node 1 follows quiet"
+    );
     for i in 0..30 {
         a.send(&format!("m{i}"));
     }
@@ -624,12 +635,24 @@ fn a_node_follows_only_the_rooms_its_members_are_in() {
     let page = get_json(&n[1], "/rooms/busy/messages?since=25&limit=3");
     assert_eq!(ids(page["messages"].as_array().unwrap()), [26, 27, 28]);
     assert_eq!(page["more"], true);
-    assert_eq!(redis.room_subscribers("busy"), 1, "a view does not follow the room");
+    assert_eq!(
+        redis.room_subscribers("busy"),
+        1,
+        "a view does not follow the room"
+    );
 
     // A first member on node 1: it follows busy from now on, with the history up to its join.
     let (mut b, w) = Client::join(&n[1], "busy", "bob", "");
-    assert_eq!(ids(w["history"].as_array().unwrap()), (1..=30).collect::<Vec<u64>>());
-    let mut users: Vec<&str> = w["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    assert_eq!(
+        ids(w["history"].as_array().unwrap()),
+        (1..=30).collect::<Vec<u64>>()
+    );
+    let mut users: Vec<&str> = w["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
     users.sort_unstable();
     assert_eq!(users, ["ann", "bob"]);
     assert_eq!(redis.room_subscribers("busy"), 2);

@@ -314,9 +314,9 @@ impl Chat {
                 let at = self.global_history.stamp(*at);
                 let frame = self.frames.raw(text);
                 let frames = &mut self.frames;
-                let pushed =
-                    self.global_history
-                        .push(at, frame, self.cfg.history_max, |old| frames.recycle(old));
+                let pushed = self
+                    .global_history
+                    .push(at, frame, self.cfg.history_max, |old| frames.recycle(old));
                 arm_global = arm_global.or(self.account_push(Source::Global, &pushed, now));
             }
             self.cluster_global_seq = global.seq;

@@ -158,6 +158,9 @@ impl Shard {
     }
 }
 
+/// A room's posts in one `post.lua` call.
+type RoomPosts = (String, Vec<Queued>);
+
 /// What a pipeline entry stands for: the operations a reply answers.
 enum Sent {
     One(Queued),
@@ -400,7 +403,10 @@ impl Commands {
             by_room.entry(room).or_default().push((conn, name));
         }
         for (conn, (room, name)) in &self.members {
-            if !by_room.get(room).is_some_and(|v| v.iter().any(|m| m.0 == *conn)) {
+            if !by_room
+                .get(room)
+                .is_some_and(|v| v.iter().any(|m| m.0 == *conn))
+            {
                 by_room
                     .entry(room.clone())
                     .or_default()
@@ -479,22 +485,26 @@ impl Commands {
                 if same {
                     return;
                 }
-                if self.topology.is_none() {
-                    if topology.is_cluster() {
-                        info!(
-                            "cluster: Redis Cluster with {} shards",
-                            topology.masters().len()
-                        );
-                    }
-                } else {
-                    debug!("cluster: topology changed: masters {:?}", topology.masters());
+                let replicas: usize = (0..topology.masters().len())
+                    .map(|i| topology.replicas(i).len())
+                    .sum();
+                if self.topology.is_none() && topology.is_cluster() {
+                    info!(
+                        "cluster: Redis Cluster of {} masters and {replicas} replicas",
+                        topology.masters().len()
+                    );
+                } else if self.topology.is_some() {
+                    info!(
+                        "cluster: Redis Cluster topology changed: masters {:?}",
+                        topology.masters()
+                    );
+                }
+                if !topology.covers_all() {
+                    warn!("cluster: some slots of the Redis Cluster have no master");
                 }
                 let topology = Arc::new(topology);
-                let mut old: HashMap<String, Shard> = self
-                    .shards
-                    .drain(..)
-                    .map(|s| (s.addr.clone(), s))
-                    .collect();
+                let mut old: HashMap<String, Shard> =
+                    self.shards.drain(..).map(|s| (s.addr.clone(), s)).collect();
                 let mut queued: Vec<Queued> = Vec::new();
                 for s in old.values_mut() {
                     queued.extend(s.queue.drain(..));
@@ -689,7 +699,7 @@ impl Commands {
             return;
         }
         // group → rooms in first-seen order → posts in order
-        let mut groups: Vec<(u16, Vec<(String, Vec<Queued>)>)> = Vec::new();
+        let mut groups: Vec<(u16, Vec<RoomPosts>)> = Vec::new();
         for q in posts {
             let Op::Post { room, .. } = &q.op else {
                 unreachable!("bug: not a post")
@@ -716,7 +726,8 @@ impl Commands {
         let ttl_us = self.settings.ttl.as_micros() as u64;
         for (_, rooms) in groups {
             let mut keys: Vec<String> = Vec::new();
-            let mut args: Vec<String> = vec![ttl_us.to_string(), self.settings.history_max.to_string()];
+            let mut args: Vec<String> =
+                vec![ttl_us.to_string(), self.settings.history_max.to_string()];
             let mut carried: Vec<Queued> = Vec::new();
             for (room, posts) in rooms {
                 for chunk in chunks(posts, POSTS_PER_CALL) {
@@ -850,9 +861,7 @@ impl Commands {
                 conn, room, follow, ..
             } => {
                 let answer = match &reply {
-                    Value::Array(items) if items.len() >= 2 => {
-                        text(&items[0]).zip(text(&items[1]))
-                    }
+                    Value::Array(items) if items.len() >= 2 => text(&items[0]).zip(text(&items[1])),
                     _ => None,
                 };
                 let Some((name, epoch)) = answer else {
@@ -1019,7 +1028,10 @@ impl Commands {
         }
         if let Some(i) = self.shard_of(NODES) {
             if let Some(con) = self.shards[i].con.as_mut() {
-                let _ = redis::cmd("ZREM").arg(NODES).arg(&self.node).query::<Value>(con);
+                let _ = redis::cmd("ZREM")
+                    .arg(NODES)
+                    .arg(&self.node)
+                    .query::<Value>(con);
             }
         }
         self.shared.stop_feeds();

@@ -24,7 +24,7 @@ use redis::{Client, RedisResult, Value};
 use super::keys::{self, RoomKeys, GLOBAL_CHANNEL, GLOBAL_KEYS};
 use super::parse::{parse_event, parse_global_image, parse_room_image};
 use super::scripts::{load_all, Scripts};
-use super::slots::Topology;
+use super::slots::{parse_redirect, Topology};
 use super::subscriber::{self, Push};
 use super::{Notice, Request, Shared, ToReactor};
 use super::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, IO_TIMEOUT};
@@ -121,9 +121,9 @@ impl Feed {
         if global {
             channels.push(GLOBAL_CHANNEL.to_owned());
         }
-        for chunk in channels.chunks(512) {
-            let chunk: Vec<&[u8]> = chunk.iter().map(|c| c.as_bytes()).collect();
-            handle.ssubscribe(&chunk)?;
+        // One channel per SSUBSCRIBE: in a cluster, the channels of one command must share a slot.
+        for channel in &channels {
+            handle.ssubscribe(&[channel.as_bytes()])?;
         }
         // Until Redis confirms them all, what is published may not reach us: events meanwhile are
         // in the image anyway.
@@ -165,7 +165,12 @@ impl Feed {
                     heard = Instant::now();
                     self.forward(push);
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if heard.elapsed() >= FEED_SILENCE {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "feed silent"));
                     }
@@ -203,9 +208,11 @@ impl Feed {
                 }
             }
             Push::Error(e) => {
-                // `-MOVED` for a subscription sent to the wrong shard.
                 debug!("cluster: feed of shard {}: {e}", self.shard);
-                let _ = self.req.send(Request::Rediscover);
+                if parse_redirect(&e).is_some() {
+                    // A subscription sent to the wrong shard: the map is out of date.
+                    let _ = self.req.send(Request::Rediscover);
+                }
             }
             Push::Pong => {}
         }
@@ -218,7 +225,8 @@ impl Feed {
         } else {
             self.shared.url.clone()
         };
-        let mut con = Client::open(target.as_str())?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        let mut con =
+            Client::open(target.as_str())?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         con.set_read_timeout(Some(IO_TIMEOUT))?;
         con.set_write_timeout(Some(IO_TIMEOUT))?;
         let s = Scripts::get();

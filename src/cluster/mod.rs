@@ -43,25 +43,21 @@
 //! - `keys`: the key and channel layout in Redis.
 //! - `parse`: what Redis sends, read back into notices and images.
 //! - `seed`: node ids and fresh room epochs.
-//! - `slots`: Redis Cluster slot routing: key → slot → shard, the map read from the cluster,
-//!   `MOVED`/`ASK` redirects (issue 14; not wired in yet).
-//! - `subscriber`: a subscribed connection on a plain socket, for sharded pub/sub (`SSUBSCRIBE`),
-//!   which the sync `redis` crate lacks (issue 14; not wired in yet).
 
 mod commands;
 mod feed;
 mod keys;
 mod parse;
-mod scripts;
-mod seed;
 /// `slots` and `subscriber` against real `redis-server`s (a standalone one, a 6-node cluster).
 #[cfg(test)]
 mod redis_tests;
+mod scripts;
+mod seed;
 mod slots;
 mod subscriber;
 
-use std::io;
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -189,10 +185,7 @@ pub(crate) enum Notice {
         content: String,
     },
     /// Answer to [`Request::View`]: the room's image, `None` if Redis could not be asked.
-    View {
-        req: u64,
-        image: Option<RoomImage>,
-    },
+    View { req: u64, image: Option<RoomImage> },
     /// The room's epoch in the cluster (after [`Request::Sync`]).
     Epoch { room: String, epoch: String },
 }

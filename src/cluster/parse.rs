@@ -180,7 +180,11 @@ mod tests {
     fn batch(msgs: &[(u64, u64, &str, &str)]) -> String {
         let mut s = format!("{}\n", msgs.len());
         for (id, at, client, content) in msgs {
-            s += &format!("{id}\n{at}\n{}\n{}\n{client}{content}", client.len(), content.len());
+            s += &format!(
+                "{id}\n{at}\n{}\n{}\n{client}{content}",
+                client.len(),
+                content.len()
+            );
         }
         s
     }
@@ -190,7 +194,10 @@ mod tests {
         let ch = keys::channel_of("a b");
         let payload = format!(
             "m\nE1\n{}",
-            batch(&[(7, 1_700_000_000_000_001, "bob", "hi\nthere"), (8, 9, "é", "")])
+            batch(&[
+                (7, 1_700_000_000_000_001, "bob", "hi\nthere"),
+                (8, 9, "é", "")
+            ])
         );
         match parse_event(&ch, payload.as_bytes(), "me") {
             Some(Notice::Messages { room, epoch, msgs }) => {
@@ -240,7 +247,11 @@ mod tests {
         assert!(parse_event("wisp:other", b"x", "me").is_none());
         assert!(parse_event(&r, b"m\nE\nnot-a-number", "me").is_none());
         // A batch that says more or less than it carries is refused whole.
-        for bad in ["m\nE\n2\n1\n1\n1\n1\nab", "m\nE\n1\n1\n1\n1\n5\nab", "m\nE\n1\n1\n1\n1\n1\nabc"] {
+        for bad in [
+            "m\nE\n2\n1\n1\n1\n1\nab",
+            "m\nE\n1\n1\n1\n1\n5\nab",
+            "m\nE\n1\n1\n1\n1\n1\nabc",
+        ] {
             assert!(parse_event(&r, bad.as_bytes(), "me").is_none(), "{bad:?}");
         }
         match parse_event(GLOBAL_CHANNEL, b"3\n9\n{\"a\":1}", "me") {

@@ -344,16 +344,12 @@ impl SubHandle {
     }
 
     /// `SUBSCRIBE` (cluster-wide channels); nothing is sent for no channels.
+    #[cfg(test)]
     pub(crate) fn subscribe(&self, channels: &[&[u8]]) -> io::Result<()> {
         if channels.is_empty() {
             return Ok(());
         }
         self.send("SUBSCRIBE", channels)
-    }
-
-    /// `UNSUBSCRIBE`; no channels: all of them.
-    pub(crate) fn unsubscribe(&self, channels: &[&[u8]]) -> io::Result<()> {
-        self.send("UNSUBSCRIBE", channels)
     }
 
     /// `PING`, answered by [`Push::Pong`]: proof that the connection still works.
