@@ -1,10 +1,14 @@
-//! Cluster mode (`--redis`, SPEC §7) with a real `redis-server` and real `wisp` daemons.
+//! Cluster mode (`--redis`, `--redis-cluster`; SPEC §7) with real `redis-server`s and real `wisp`
+//! daemons.
 //!
-//! Each test starts its own Redis on a free loopback port (killed by PID at the end) and two or three
-//! daemons pointed at it; clients are `tungstenite`. Without `redis-server` on the PATH each test
-//! prints a notice and passes (CI installs it: `scripts/install-deps.sh`).
+//! Each test starts its own Redis on free loopback ports (one server, or a Redis Cluster of three
+//! masters with a replica each: `tests/common/redis_cluster.rs`; killed by PID at the end) and two
+//! or three daemons pointed at it; clients are `tungstenite`. Without `redis-server` on the PATH
+//! each test prints a notice and passes (CI installs it: `scripts/install-deps.sh`).
 
 mod common;
+#[path = "common/redis_cluster.rs"]
+mod redis_cluster;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -726,4 +730,334 @@ fn a_view_redis_does_not_answer_in_time_gets_504() {
     let r = n[0].get("/rooms/elsewhere/messages");
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(n[0].healthz()["status"], "ok");
+}
+
+// ---- Redis Cluster ------------------------------------------------------------------------------
+
+/// `n` daemons on the Redis Cluster, each waited for until `/healthz` says Redis is up.
+fn cluster_nodes(cluster: &redis_cluster::RedisCluster, n: usize) -> Vec<Server> {
+    let seeds: Vec<String> = cluster
+        .seeds()
+        .iter()
+        .map(|a| format!("redis://{a}"))
+        .collect();
+    let seeds = seeds.join(",");
+    let args = [
+        "--redis-cluster",
+        seeds.as_str(),
+        "--log",
+        "debug",
+        "--rate-limit",
+        "0",
+    ];
+    let servers: Vec<Server> = (0..n).map(|_| Server::start(&args)).collect();
+    for s in &servers {
+        wait_redis(s, "up");
+    }
+    servers
+}
+
+/// The slot of `room`'s keys.
+fn room_slot(cluster: &redis_cluster::RedisCluster, room: &str) -> u16 {
+    cluster.keyslot(format!("wisp:{{r:{room}}}:meta").as_bytes())
+}
+
+/// A room name whose slot `master` owns, `prefix` followed by a number.
+fn room_on(cluster: &redis_cluster::RedisCluster, master: &str, prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|r| cluster.master_of_slot(room_slot(cluster, r)) == master)
+        .expect("a room on every master")
+}
+
+/// Three daemons on three shards: each shard's room keeps one order and one id sequence on every
+/// node, its history and presence agree everywhere, a node that does not follow a room reads its
+/// history from the right shard, and the global channel spans the nodes.
+#[test]
+fn a_redis_cluster_serves_rooms_on_every_shard() {
+    let Some(cluster) =
+        redis_cluster::RedisCluster::start("a_redis_cluster_serves_rooms_on_every_shard")
+    else {
+        return;
+    };
+    let n = cluster_nodes(&cluster, 3);
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    let rooms: Vec<String> = masters
+        .iter()
+        .map(|m| room_on(&cluster, m, "shard"))
+        .collect();
+    for room in &rooms {
+        let mut members: Vec<Client> = n
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Client::join(s, room, &format!("m{i}"), "").0)
+            .collect();
+        for i in 0..10 {
+            members[0].send(&format!("a{i}"));
+            members[2].send(&format!("c{i}"));
+        }
+        let seen: Vec<Vec<(u64, String, String)>> = members
+            .iter_mut()
+            .map(|c| triples(&c.messages(20)))
+            .collect();
+        assert_eq!(
+            seen[0].iter().map(|t| t.0).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<u64>>(),
+            "{room}"
+        );
+        for s in &seen {
+            assert_eq!(s, &seen[0], "{room}: one order on every node");
+        }
+        let views: Vec<Value> = n
+            .iter()
+            .map(|s| get_json(s, &format!("/rooms/{room}/messages")))
+            .collect();
+        assert_eq!(views[0]["messages"].as_array().unwrap().len(), 20);
+        assert!(
+            views.iter().all(|v| v == &views[0]),
+            "{room}: history differs"
+        );
+        for s in &n {
+            eventually("3 users on every node", || {
+                (room_users(s, room) == 3).then_some(())
+            });
+        }
+        // A resume on another node: exactly what was missed.
+        let epoch = {
+            let (_, w) = Client::join(&n[0], room, "probe", "");
+            w["epoch"].as_str().unwrap().to_owned()
+        };
+        let (_, w) = Client::join(&n[1], room, "late", &format!("?since=15&epoch={epoch}"));
+        assert_eq!(w["recovered"], true);
+        assert_eq!(ids(w["history"].as_array().unwrap()), [16, 17, 18, 19, 20]);
+    }
+    // A room only node 0 follows: node 2 reads its history from its shard.
+    let lone = room_on(&cluster, &masters[1], "lone");
+    let (mut l, _) = Client::join(&n[0], &lone, "lee", "");
+    l.send("alone");
+    l.next_of("message");
+    assert_eq!(
+        get_json(&n[2], &format!("/rooms/{lone}/messages")),
+        get_json(&n[0], &format!("/rooms/{lone}/messages"))
+    );
+    // The global channel lives on one shard and reaches every node.
+    let mut g0 = Client::connect(&n[0], "/ws");
+    let mut g2 = Client::connect(&n[2], "/ws");
+    g2.send("hello everyone");
+    assert_eq!(g0.next_text().as_deref(), Some("hello everyone"));
+    assert_eq!(g2.next_text().as_deref(), Some("hello everyone"));
+}
+
+/// A shard's master killed while rooms on it and on another shard chat: the other shard's room
+/// never notices (every message within a second); the failed shard's room resumes after the
+/// failover, in order, with no id delivered twice, and a resume from before the failure is
+/// `recovered: true` only if nothing it missed is gone.
+#[test]
+fn a_failover_stalls_only_the_rooms_of_the_failed_shard() {
+    let Some(mut cluster) =
+        redis_cluster::RedisCluster::start("a_failover_stalls_only_the_rooms_of_the_failed_shard")
+    else {
+        return;
+    };
+    let n = cluster_nodes(&cluster, 2);
+    let masters = cluster.masters();
+    let failing = room_on(&cluster, &masters[0], "fail");
+    let healthy = room_on(&cluster, &masters[1], "calm");
+    let (mut f0, w) = Client::join(&n[0], &failing, "fay", "");
+    let epoch = w["epoch"].as_str().unwrap().to_owned();
+    let (mut f1, _) = Client::join(&n[1], &failing, "fred", "");
+    let (mut h0, _) = Client::join(&n[0], &healthy, "hal", "");
+    let (mut h1, _) = Client::join(&n[1], &healthy, "hugo", "");
+    for i in 0..5 {
+        f0.send(&format!("before{i}"));
+    }
+    let before = triples(&f1.messages(5));
+    let last_before = before.last().unwrap().0;
+
+    // The healthy room chats through the failover, one message at a time, each timed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chatter = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            let mut count = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let t = Instant::now();
+                h0.send(&format!("calm{count}"));
+                let got = h1.next_of("message");
+                assert_eq!(got["content"], format!("calm{count}"));
+                worst = worst.max(t.elapsed());
+                count += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            (worst, count)
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
+    let slot = room_slot(&cluster, &failing);
+    let killer = thread::spawn(move || {
+        let failover = cluster.kill_master_of(slot);
+        (cluster, failover)
+    });
+    // Sent while the shard has no master: they wait for the failover.
+    thread::sleep(Duration::from_millis(300));
+    for i in 0..5 {
+        f0.send(&format!("during{i}"));
+    }
+    let (cluster, failover) = killer.join().unwrap();
+    eprintln!("failover took {:?}", failover.took);
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (worst, count) = chatter.join().unwrap();
+    assert!(count > 20, "the healthy room chatted {count} times");
+    assert!(
+        worst < Duration::from_secs(1),
+        "the healthy room stalled {worst:?}"
+    );
+
+    // The failed shard's room resumes: the messages sent meanwhile arrive, in order.
+    let during: Vec<(u64, String, String)> = triples(&f1.messages(5));
+    assert_eq!(
+        during.iter().map(|t| t.2.as_str()).collect::<Vec<_>>(),
+        ["during0", "during1", "during2", "during3", "during4"]
+    );
+    let mut all: Vec<u64> = before.iter().chain(&during).map(|t| t.0).collect();
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "ids out of order: {all:?}"
+    );
+    all.dedup();
+    assert_eq!(all.len(), 10, "an id was delivered twice");
+    f0.send("after");
+    let after = f1.next_of("message");
+    assert!(after["id"].as_u64().unwrap() > during.last().unwrap().0);
+
+    // A resume from before the failure: `recovered: true` only with everything it missed.
+    let (_, w) = Client::join(
+        &n[1],
+        &failing,
+        "rita",
+        &format!("?since={last_before}&epoch={epoch}"),
+    );
+    let got = ids(w["history"].as_array().unwrap());
+    if w["recovered"] == true {
+        let want: Vec<u64> = during
+            .iter()
+            .map(|t| t.0)
+            .chain([after["id"].as_u64().unwrap()])
+            .collect();
+        assert_eq!(got, want, "{w}");
+    }
+    drop(cluster);
+}
+
+/// A room's slot migrated to another master while the room chats: every message arrives at both
+/// nodes, once, in order, with consecutive ids.
+#[test]
+fn a_slot_migrated_while_its_room_chats_loses_nothing() {
+    let Some(cluster) =
+        redis_cluster::RedisCluster::start("a_slot_migrated_while_its_room_chats_loses_nothing")
+    else {
+        return;
+    };
+    let n = cluster_nodes(&cluster, 2);
+    let masters = cluster.masters();
+    let room = room_on(&cluster, &masters[0], "move");
+    let (mut a, _) = Client::join(&n[0], &room, "ann", "");
+    let (mut b, _) = Client::join(&n[1], &room, "bob", "");
+    const N: usize = 120;
+    let sender = thread::spawn(move || {
+        for i in 0..N {
+            a.send(&format!("m{i}"));
+            thread::sleep(Duration::from_millis(10));
+        }
+        a
+    });
+    thread::sleep(Duration::from_millis(300));
+    cluster.migrate_slot(room_slot(&cluster, &room), &masters[2]);
+    let mut a = sender.join().unwrap();
+    let want: Vec<(u64, String, String)> = (0..N)
+        .map(|i| (i as u64 + 1, "ann".to_owned(), format!("m{i}")))
+        .collect();
+    assert_eq!(triples(&b.messages(N)), want);
+    assert_eq!(triples(&a.messages(N)), want);
+    assert_eq!(
+        cluster.master_of_slot(room_slot(&cluster, &room)),
+        masters[2]
+    );
+}
+
+/// A daemon killed: its members leave the rooms on every shard within seconds.
+#[test]
+fn a_killed_node_leaves_presence_on_a_redis_cluster() {
+    let Some(cluster) =
+        redis_cluster::RedisCluster::start("a_killed_node_leaves_presence_on_a_redis_cluster")
+    else {
+        return;
+    };
+    let mut n = cluster_nodes(&cluster, 2);
+    let masters = cluster.masters();
+    let mut watchers = Vec::new();
+    for m in &masters {
+        let room = room_on(&cluster, m, "kill");
+        let (mut w, _) = Client::join(&n[0], &room, "watcher", "");
+        let (_gone, _) = Client::join(&n[1], &room, "doomed", "");
+        assert_eq!(w.next_of("join")["client_id"], "doomed");
+        std::mem::forget(_gone);
+        watchers.push(w);
+    }
+    let killed = Instant::now();
+    n[1].signal(libc::SIGKILL);
+    let _ = n[1].wait_exit(WAIT);
+    for w in &mut watchers {
+        assert_eq!(w.next_of("leave")["client_id"], "doomed");
+    }
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(8), "ghosts lived {took:?}");
+}
+
+/// Writes lost by Redis (what a failover to a lagging replica does): once the node's links come
+/// back, the room's ids continue after the last one the node saw (never given out twice), and a
+/// resume from before the loss is told `recovered: false`.
+#[test]
+fn lost_writes_never_reuse_an_id() {
+    let Some(redis) = Redis::start("lost_writes_never_reuse_an_id") else {
+        return;
+    };
+    let n = nodes(&redis, 1, &[]);
+    let (mut a, w) = Client::join(&n[0], "lost", "ann", "");
+    let epoch = w["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=10 {
+        a.send(&format!("m{i}"));
+    }
+    assert_eq!(ids(&a.messages(10)), (1..=10).collect::<Vec<u64>>());
+    // Redis forgets ids 6..=10, as a promoted replica that had not received them would.
+    redis.cli(&["HSET", "wisp:{r:lost}:meta", "seq", "5"]);
+    redis.cli(&["ZREMRANGEBYRANK", "wisp:{r:lost}:hist", "5", "-1"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    thread::sleep(Duration::from_millis(300));
+    wait_redis(&n[0], "up");
+    eventually("the post after the loss", || {
+        a.send("after");
+        let e = a.next_of("message");
+        (e["content"] == "after")
+            .then_some(())
+            .or_else(|| panic!("{e}"))
+    });
+    let history = get_json(&n[0], "/rooms/lost/messages");
+    let last = history["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["content"], "after");
+    assert_eq!(last["id"], 11, "{history}");
+    let (_, w) = Client::join(&n[0], "lost", "rita", &format!("?since=3&epoch={epoch}"));
+    assert_eq!(w["recovered"], false, "{w}");
+    let (_, w) = Client::join(&n[0], "lost", "sam", &format!("?since=10&epoch={epoch}"));
+    assert_eq!(w["recovered"], true, "{w}");
+    assert_eq!(ids(w["history"].as_array().unwrap()), [11]);
 }

@@ -107,6 +107,9 @@ pub struct Delivery {
 pub struct ImageApplied {
     /// `join`/`leave` events for the members that appeared or vanished elsewhere meanwhile.
     pub deliveries: Vec<Delivery>,
+    /// `message` events for the local members: messages of the image this replica had not seen
+    /// (published while its feed was away: a failover, a slot that moved), oldest first.
+    pub missed: Vec<(RoomKey, EventFrame)>,
     /// Expiry timers to arm: (room, due).
     pub arm_rooms: Vec<(RoomKey, Micros)>,
     /// The global expiry timer to arm.
@@ -261,7 +264,8 @@ impl Chat {
     /// is included) with the image, the cluster's state read after (re)subscribing.
     ///
     /// Every such room's epoch, history and remote names become the image's (a room Redis has nothing
-    /// of keeps its epoch and only its local members). Members that appeared or vanished elsewhere since
+    /// of keeps its epoch and only its local members); messages newer than the last this replica saw
+    /// in the same epoch are also for its local members (`missed`). Members that appeared or vanished elsewhere since
     /// the replica last knew are announced to the local members (`deliveries`), timestamped `now`. An
     /// image behind the ids this replica has seen in the same epoch (a failover lost writes) marks the
     /// ids up to them as possibly missing.
@@ -283,7 +287,10 @@ impl Chat {
                 let Some(r) = self.rooms.get_mut(key) else {
                     break;
                 };
-                let (_, pushed) = store_message(&mut self.frames, r, msg, max);
+                let (event, pushed) = store_message(&mut self.frames, r, msg, max);
+                if seen.is_some_and(|seen| msg.id > seen) && !r.presence.is_empty() {
+                    out.missed.push((key, event));
+                }
                 arm = arm.or(self.account_push(Source::Room(key), &pushed, now));
             }
             let Some(r) = self.rooms.get_mut(key) else {

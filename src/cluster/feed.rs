@@ -220,6 +220,9 @@ impl Feed {
 
     /// The images of `rooms` (and of the global channel when `global`), in one pipeline.
     fn image(&self, addr: &str, rooms: &[String], global: bool) -> RedisResult<ClusterImage> {
+        if rooms.is_empty() && !global {
+            return Ok(ClusterImage::default());
+        }
         let target = if self.topology.is_cluster() {
             format!("redis://{addr}")
         } else {

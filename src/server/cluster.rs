@@ -453,6 +453,9 @@ impl Server {
     /// Applies `image` to the replica: what changed is told, expiry timers armed.
     fn apply_image(&mut self, io: &mut Io<'_, Self>, image: &ClusterImage) {
         let applied = self.chat.apply_image(image, io.wall());
+        for (room, event) in &applied.missed {
+            self.broadcast_room_message(io, *room, event);
+        }
         for d in &applied.deliveries {
             self.deliver(io, d);
         }
