@@ -333,12 +333,18 @@ fn check_redis_url(url: &str) -> Result<(), String> {
     match scheme {
         "redis" => {}
         "rediss" => return Err("TLS (rediss://) is not supported: use redis://".into()),
-        "unix" | "redis+unix" => {}
+        "unix" | "redis+unix" => return Err(
+            "Unix sockets are not supported (the subscriptions need TCP): use redis://HOST[:PORT]"
+                .into(),
+        ),
         _ => return Err(format!("the scheme is '{scheme}': use redis://HOST[:PORT]")),
     }
     if scheme == "redis" {
         let authority = rest.split(['/', '?']).next().unwrap_or("");
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        if authority.contains('@') {
+            return Err("passwords are not supported (the subscriptions do not authenticate): use redis://HOST[:PORT]".into());
+        }
+        let host_port = authority;
         let (host, port) = match host_port.rsplit_once(':') {
             Some((h, p)) if !p.contains(']') => (h, Some(p)),
             _ => (host_port, None),
@@ -441,6 +447,14 @@ impl ServeArgs {
                         url.starts_with("redis://")
                             .then_some(())
                             .ok_or_else(|| "a cluster's nodes are redis://HOST:PORT".to_owned())
+                    })
+                    .and_then(|()| {
+                        // A Redis Cluster has one database, 0.
+                        let path = url["redis://".len()..].split_once('/').map(|(_, p)| p);
+                        match path {
+                            None | Some("" | "0") => Ok(()),
+                            Some(_) => Err("a Redis Cluster has no database but 0".to_owned()),
+                        }
                     })
                     .map_err(|e| format!("--redis-cluster {url}: {e}"))?;
             }
@@ -796,10 +810,32 @@ mod tests {
             ("rediss://h:6379", "TLS"),
             ("redis://h:port", "'port' is not a port"),
             ("redis://:6379", "host is missing"),
+            ("unix:///run/redis.sock", "Unix sockets"),
+            ("redis://:secret@h:6379", "passwords"),
         ] {
             let err = parse(&["--redis", bad]).unwrap_err();
             assert!(err.contains("--redis") && err.contains(why), "{bad}: {err}");
         }
         assert!(parse(&["--redis", "redis://127.0.0.1:6379/0"]).is_ok());
+    }
+
+    #[test]
+    fn a_redis_cluster_is_given_by_its_seeds() {
+        let c = parse(&[
+            "--redis-cluster",
+            "redis://10.0.0.1:7001, redis://10.0.0.2:7001",
+        ])
+        .unwrap();
+        assert!(c.redis_cluster);
+        assert_eq!(
+            c.redis.as_deref(),
+            Some("redis://10.0.0.1:7001, redis://10.0.0.2:7001")
+        );
+        let err = parse(&["--redis-cluster", "redis://a:1,10.0.0.2:7001"]).unwrap_err();
+        assert!(err.contains("--redis-cluster 10.0.0.2:7001"), "{err}");
+        let err = parse(&["--redis-cluster", "redis://a:1/3"]).unwrap_err();
+        assert!(err.contains("database"), "{err}");
+        assert!(parse(&["--redis", "redis://a:1", "--redis-cluster", "redis://b:1"]).is_err());
+        assert!(!parse(&["--redis", "redis://a:1"]).unwrap().redis_cluster);
     }
 }

@@ -184,7 +184,7 @@ pub(super) struct Commands {
     told_up: bool,
     /// Our room members the cluster knows: conn → (room, name).
     members: HashMap<u64, (String, String)>,
-    /// Rooms where this node registered members since it started (for `Sync`).
+    /// Rooms where this node has registered members (for `Sync`), until it unfollows them.
     known_rooms: HashSet<String>,
     /// Nodes the registry says are dead.
     dead: Vec<String>,
@@ -305,7 +305,11 @@ impl Commands {
                     follow,
                 });
             }
-            Request::Unfollow { room } => self.unfollow(&room),
+            Request::Unfollow { room } => {
+                // Its members' leaves are queued already.
+                self.known_rooms.remove(&room);
+                self.unfollow(&room);
+            }
             Request::Follow { room } => {
                 self.known_rooms.insert(room.clone());
                 self.follow(&room);
@@ -386,43 +390,33 @@ impl Commands {
     }
 
     /// Redis is back (the reactor applied a fresh image): re-register every member of ours, room by
-    /// room, and forget any other member of ours in the rooms we ever had members in.
+    /// room, and forget any other member of ours in the rooms we had members in. Members whose join
+    /// is in flight (`pending`) stay as the bridge knows them.
     fn sync(&mut self, members: Vec<(u64, String, String)>, pending: Vec<u64>) {
-        let mut by_room: HashMap<String, Vec<(u64, String)>> = HashMap::new();
-        for conn in pending {
-            if let Some((room, name)) = self.members.get(&conn) {
-                by_room
-                    .entry(room.clone())
-                    .or_default()
-                    .push((conn, name.clone()));
-            }
-        }
-        self.members.clear();
-        for (conn, room, name) in members {
-            self.members.insert(conn, (room.clone(), name.clone()));
-            by_room.entry(room).or_default().push((conn, name));
-        }
+        let kept: Vec<(u64, (String, String))> = pending
+            .iter()
+            .filter_map(|conn| Some((*conn, self.members.get(conn)?.clone())))
+            .collect();
+        self.members = members
+            .into_iter()
+            .map(|(conn, room, name)| (conn, (room, name)))
+            .chain(kept)
+            .collect();
+        let mut by_room: HashMap<String, Vec<(u64, String)>> = self
+            .known_rooms
+            .drain()
+            .map(|room| (room, Vec::new()))
+            .collect();
         for (conn, (room, name)) in &self.members {
-            if !by_room
-                .get(room)
-                .is_some_and(|v| v.iter().any(|m| m.0 == *conn))
-            {
-                by_room
-                    .entry(room.clone())
-                    .or_default()
-                    .push((*conn, name.clone()));
-            }
+            by_room
+                .entry(room.clone())
+                .or_default()
+                .push((*conn, name.clone()));
         }
-        for (room, list) in &by_room {
-            for (conn, name) in list {
-                self.members.insert(*conn, (room.clone(), name.clone()));
-            }
-        }
-        for room in &self.known_rooms {
-            by_room.entry(room.clone()).or_default();
-        }
-        self.known_rooms = by_room.keys().cloned().collect();
         for (room, members) in by_room {
+            if !members.is_empty() {
+                self.known_rooms.insert(room.clone());
+            }
             self.queue(Op::Sync { room, members });
         }
     }
@@ -509,10 +503,19 @@ impl Commands {
                 for s in old.values_mut() {
                     queued.extend(s.queue.drain(..));
                 }
+                let changed = self.topology.is_some();
                 self.shards = topology
                     .masters()
                     .iter()
-                    .map(|addr| old.remove(addr).unwrap_or_else(|| Shard::new(addr.clone())))
+                    .map(|addr| {
+                        old.remove(addr).unwrap_or_else(|| {
+                            let mut shard = Shard::new(addr.clone());
+                            // A master that took over slots (a promoted replica) may lack the
+                            // last writes: rebase the rooms followed there before using it.
+                            shard.failed = changed;
+                            shard
+                        })
+                    })
                     .collect();
                 self.topology = Some(topology);
                 queued.sort_by_key(|q| q.since);
