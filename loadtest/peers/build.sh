@@ -29,4 +29,4 @@ fi
 echo "peers built:"
 echo "  $here/tokio-peer/target/release/tokio-peer [ADDR] [--threads N]"
 echo "  $here/floor/target/release/floor [ADDR] [--immediate]"
-echo "  node $here/node-peer/server.mjs [ADDR] [--broadcast cork|frame|buffer|string]"
+echo "  node $here/node-peer/server.mjs [ADDR] [--broadcast cork|frame|buffer|string] [--deflate]"

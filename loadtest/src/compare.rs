@@ -4,8 +4,10 @@
 //! each scenario prints and writes (`DIR/summary.md`) the server CPU per unit
 //! of work and the p99 latency of every server, with ratios to the floor
 //! (`floor.json`) and to the best peer (the lowest value among the servers
-//! other than the floor and `wisp`), and draws every server's latency CDF on
-//! one chart (`DIR/<scenario>/cdf.svg`).
+//! other than the floor and Wisp's own: `wisp` and any `wisp-*`, such as
+//! `wisp-base` or `wisp-deflate`), the bytes the generator read per unit of
+//! work, and draws every server's latency CDF on one chart
+//! (`DIR/<scenario>/cdf.svg`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,8 @@ use crate::svg;
 pub struct CompareArgs {
     /// The directory compare.sh wrote to.
     pub dir: PathBuf,
-    /// The server under test (excluded from "best peer").
+    /// The server under test; it and every `SUBJECT-*` (other builds or
+    /// settings of it) are excluded from "best peer".
     #[arg(long, default_value = "wisp")]
     pub subject: String,
     /// The lower-bound server.
@@ -65,13 +68,23 @@ fn load(dir: &Path) -> Result<Vec<(String, Vec<Report>)>, String> {
     Ok(scenarios)
 }
 
+/// Whether `label` is the subject or another variant of it (`wisp-deflate`).
+fn ours(label: &str, subject: &str) -> bool {
+    label == subject
+        || label
+            .strip_prefix(subject)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
 fn order(label: &str, subject: &str, floor: &str) -> (u8, String) {
     let rank = if label == subject {
         0
-    } else if label == floor {
+    } else if ours(label, subject) {
         1
-    } else {
+    } else if label == floor {
         2
+    } else {
+        3
     };
     (rank, label.to_string())
 }
@@ -126,7 +139,7 @@ pub fn run(a: &CompareArgs) -> Result<(), String> {
         let peers = || {
             reports
                 .iter()
-                .filter(|r| r.label != a.floor && r.label != a.subject)
+                .filter(|r| r.label != a.floor && !ours(&r.label, &a.subject))
         };
         let best = |f: &dyn Fn(&Report) -> Option<f64>| {
             peers()
@@ -141,7 +154,7 @@ pub fn run(a: &CompareArgs) -> Result<(), String> {
         let params: Vec<String> = first
             .params
             .iter()
-            .filter(|(k, _)| *k != "raw")
+            .filter(|(k, _)| *k != "raw" && *k != "deflate")
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let _ = writeln!(
@@ -172,14 +185,14 @@ pub fn run(a: &CompareArgs) -> Result<(), String> {
             let pers = crate::report::plural(per);
             let _ = writeln!(
                 md,
-                "| server | {pers}/s | server CPU µs/{per} | × floor | × best peer | CPU share | p50 µs | p99 µs | p99.9 µs | max µs | p99 × floor | p99 × best peer | lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "| server | {pers}/s | server CPU µs/{per} | × floor | × best peer | CPU share | wire B/{per} | p50 µs | p99 µs | p99.9 µs | max µs | p99 × floor | p99 × best peer | lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
             for r in &reports {
                 let l = lat(r);
                 let has = l.count > 0;
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.label,
                     r.ops_per_s,
                     fmt(r.server.cpu_us_per_op, 3),
@@ -188,6 +201,7 @@ pub fn run(a: &CompareArgs) -> Result<(), String> {
                     r.server
                         .cpu_share
                         .map_or("—".into(), |s| format!("{:.0}%", s * 100.0)),
+                    fmt(r.wire_bytes_per_op, 1),
                     fmt(has.then_some(l.p50_us), 0),
                     fmt(p99(r), 0),
                     fmt(has.then_some(l.p999_us), 0),
@@ -221,7 +235,27 @@ pub fn run(a: &CompareArgs) -> Result<(), String> {
                 let _ = writeln!(md, "\nCDF: `{}`", path.display());
             }
         }
+        let gen: Vec<String> = reports
+            .iter()
+            .filter_map(|r| Some(format!("{} {:.0}%", r.label, r.client_cpu_share? * 100.0)))
+            .collect();
+        if !gen.is_empty() {
+            let _ = writeln!(md, "\nGenerator CPU (one core): {}.", gen.join(", "));
+        }
         for r in &reports {
+            if r.params.get("deflate") == Some(&serde_json::Value::Bool(true)) {
+                let _ = writeln!(
+                    md,
+                    "\n- {}: deflate offered, negotiated on {} of {} connections; {} messages arrived compressed, {} bytes inflated to {} ({:.0}%)",
+                    r.label,
+                    r.deflate_connections,
+                    r.connections_opened,
+                    r.inflated_messages,
+                    r.inflated_from,
+                    r.inflated_to,
+                    100.0 * r.inflated_from as f64 / r.inflated_to.max(1) as f64
+                );
+            }
             for n in &r.notes {
                 let _ = writeln!(md, "\n- {}: {n}", r.label);
             }

@@ -10,6 +10,13 @@
 //! Reading follows the server's design: one shared receive buffer per loop,
 //! and a connection keeps bytes only when a frame is incomplete, so 19,000
 //! idle connections cost the generator almost nothing beyond their sockets.
+//!
+//! With [`Deflate::Offer`] every upgrade offers permessage-deflate (RFC 7692)
+//! without context takeover either way, the server's answer is checked, and
+//! compressed messages are inflated by one shared `wisp::protocol::deflate`
+//! inflater (reset per message, as the server's is) before the scenario sees
+//! them. What the generator sends stays uncompressed (§6 lets any message go
+//! uncompressed), so the server's inbound side is the same in both modes.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -20,6 +27,8 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 use wisp::protocol::client::{check_response, encode_masked, request, MaskRng};
+use wisp::protocol::deflate::{Inflater, EXTENSION};
+use wisp::protocol::websocket::inflate_message;
 use wisp::protocol::{Decoded, Event, OpCode, Role, WebSocket};
 
 use crate::sys::now_ns;
@@ -33,6 +42,22 @@ pub type ConnId = usize;
 const MAX_MESSAGE: usize = 16 << 20;
 /// The shared receive buffer; grows only if a single frame is larger.
 const RECV_BUF: usize = 256 * 1024;
+
+/// Whether upgrades offer permessage-deflate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deflate {
+    /// No `Sec-WebSocket-Extensions` header: the server must not compress.
+    Off,
+    /// Offer [`OFFER`]; inflate what the server sends compressed.
+    Offer,
+}
+
+/// The offer: no context takeover either way, so one inflater reset per
+/// message serves every connection (what Wisp answers whatever is offered,
+/// and what `ws` accepts when asked), and a server may share one compressed
+/// frame among its recipients.
+pub const OFFER: &str =
+    "permessage-deflate; client_no_context_takeover; server_no_context_takeover";
 
 #[derive(Debug)]
 enum Phase {
@@ -108,10 +133,19 @@ pub enum Note {
 /// Byte and frame counters of the whole engine.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IoStats {
+    /// Bytes read from the sockets: HTTP answers and whole frames, headers
+    /// included (what the server put on the wire, TCP/IP headers aside).
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub frames_in: u64,
     pub pings: u64,
+    /// Data messages that arrived compressed (RSV1) and were inflated.
+    pub inflated: u64,
+    /// Their payload bytes before and after inflating.
+    pub inflated_from: u64,
+    pub inflated_to: u64,
+    /// Upgrades whose answer accepted our permessage-deflate offer.
+    pub deflate_conns: u64,
 }
 
 pub struct Engine {
@@ -125,14 +159,19 @@ pub struct Engine {
     targets: Vec<(SocketAddr, String)>,
     sources: Vec<Ipv4Addr>,
     notes: Vec<Note>,
+    deflate: Deflate,
+    /// Shared by every connection: the offer asks for no context takeover,
+    /// so each message is a DEFLATE stream of its own.
+    inflater: Inflater,
     pub stats: IoStats,
 }
 
 impl Engine {
     /// An engine dialing `targets` (at least one) from `sources` loopback
     /// addresses (127.0.0.1, 127.0.0.2, …), both chosen per connection by
-    /// the caller.
-    pub fn new(targets: &[SocketAddr], sources: usize) -> io::Result<Engine> {
+    /// the caller; every upgrade offers permessage-deflate or not, as
+    /// `deflate` says.
+    pub fn new(targets: &[SocketAddr], sources: usize, deflate: Deflate) -> io::Result<Engine> {
         if targets.is_empty() {
             return Err(io::Error::other("bug: an engine needs a target"));
         }
@@ -148,6 +187,8 @@ impl Engine {
             targets: targets.iter().map(|t| (*t, t.to_string())).collect(),
             sources,
             notes: Vec::new(),
+            deflate,
+            inflater: Inflater::new(),
             stats: IoStats::default(),
         })
     }
@@ -213,7 +254,7 @@ impl Engine {
             phase: Phase::Connecting { key },
             ws: WebSocket::new(Role::Client, MAX_MESSAGE),
             tail: Vec::new(),
-            out: request(host, path, &key),
+            out: upgrade_request(host, path, &key, self.deflate),
             out_pos: 0,
             tag,
             started_ns: now_ns(),
@@ -382,6 +423,8 @@ impl Engine {
             rng,
             notes,
             stats,
+            deflate,
+            inflater,
             ..
         } = self;
         let c = &mut conns[id];
@@ -424,6 +467,17 @@ impl Engine {
                 match check_response(&rbuf[..filled], &key) {
                     Ok(Decoded::NeedMore) => continue,
                     Ok(Decoded::Done(len)) => {
+                        match answered_deflate(&rbuf[..len], *deflate) {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                c.ws = WebSocket::new(Role::Client, MAX_MESSAGE).with_deflate();
+                                stats.deflate_conns += 1;
+                            }
+                            Err(e) => {
+                                end = Some(Err(Failure::Handshake(e)));
+                                break;
+                            }
+                        }
                         pos = len;
                         c.phase = Phase::Open;
                         notes.push(Note::Opened {
@@ -467,9 +521,28 @@ impl Engine {
                         wrote = true;
                     }
                     Some(Event::Pong(_)) => {}
-                    // The generator never offers permessage-deflate.
-                    Some(Event::Compressed(..)) => {
-                        unreachable!("bug: a compressed message without deflate offered")
+                    // Only on a connection whose answer accepted our offer
+                    // (`WebSocket::with_deflate`); elsewhere RSV1 is a
+                    // protocol error, reported as such above.
+                    Some(Event::Compressed(kind, payload)) => {
+                        stats.frames_in += 1;
+                        stats.inflated += 1;
+                        stats.inflated_from += payload.len() as u64;
+                        match inflate_message(inflater, kind, payload, MAX_MESSAGE) {
+                            Ok(Event::Text(s)) => {
+                                stats.inflated_to += s.len() as u64;
+                                on_msg(c.tag, s.as_bytes(), now);
+                            }
+                            Ok(Event::Binary(b)) => {
+                                stats.inflated_to += b.len() as u64;
+                                on_msg(c.tag, b, now);
+                            }
+                            Ok(_) => unreachable!("bug: inflate_message gives text or binary"),
+                            Err(e) => {
+                                end = Some(Err(Failure::Protocol(format!("{e:?}"))));
+                                break;
+                            }
+                        }
                     }
                     Some(Event::Close { .. }) => {
                         end = Some(match c.phase {
@@ -510,6 +583,53 @@ impl Engine {
     }
 }
 
+/// The opening request, with our permessage-deflate offer when asked for.
+fn upgrade_request(host: &str, path: &str, key: &[u8; 24], deflate: Deflate) -> Vec<u8> {
+    let mut req = request(host, path, key);
+    if deflate == Deflate::Offer {
+        // `request` ends with the blank line; the offer goes before it.
+        req.truncate(req.len() - 2);
+        req.extend_from_slice(format!("Sec-WebSocket-Extensions: {OFFER}\r\n\r\n").as_bytes());
+    }
+    req
+}
+
+/// Whether the server's 101 (`head`, complete) accepted our offer: `Ok(true)`
+/// for `permessage-deflate` with `server_no_context_takeover` (RFC 7692
+/// §7.1.1.1: a server accepting an offer with it "MUST include" it), which is
+/// what lets one inflater, reset per message, read every connection;
+/// `Ok(false)` for no extension. Anything else (an extension we did not offer,
+/// deflate with context takeover, two answers) is an error: we could not read
+/// what the server sends.
+fn answered_deflate(head: &[u8], deflate: Deflate) -> Result<bool, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Err("bug: the checked answer does not parse".into());
+    }
+    let mut accepted = false;
+    for h in resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+    {
+        let value = std::str::from_utf8(h.value).map_err(|_| "extensions: not UTF-8")?;
+        for ext in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let mut parts = ext.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            if deflate == Deflate::Off || !name.eq_ignore_ascii_case(EXTENSION) || accepted {
+                return Err(format!("extension not offered: {ext}"));
+            }
+            let no_takeover = parts.any(|p| p.eq_ignore_ascii_case("server_no_context_takeover"));
+            if !no_takeover {
+                return Err(format!("deflate with server context takeover: {ext}"));
+            }
+            accepted = true;
+        }
+    }
+    Ok(accepted)
+}
+
 /// Writes `c.out[c.out_pos..]` until done or `WouldBlock`.
 fn write_out(c: &mut Conn, stats: &mut IoStats) -> io::Result<()> {
     while c.out_pos < c.out.len() {
@@ -542,5 +662,167 @@ fn errno_name(e: &io::Error) -> String {
         Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
         Some(libc::EPIPE) => "EPIPE".into(),
         _ => e.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use wisp::protocol::deflate::{negotiate, Deflater};
+    use wisp::protocol::frame::{encode_header, Fin, MAX_HEADER};
+    use wisp::protocol::handshake::{self, check_upgrade, switching_protocols};
+
+    /// What Wisp's own server side makes of our request: the agreement, if any.
+    fn server_answer(req: &[u8]) -> Vec<u8> {
+        let Ok(Decoded::Done((parsed, _))) = handshake::parse(req) else {
+            panic!("request does not parse")
+        };
+        let accept = check_upgrade(&parsed).unwrap();
+        let agreed = negotiate(parsed.extension_lines()).map(|a| a.response());
+        switching_protocols(&accept, agreed.as_deref())
+    }
+
+    #[test]
+    fn deflate_offer_is_accepted_by_wisp_and_its_answer_by_us() {
+        let key = MaskRng::from_os().key();
+        let offer = upgrade_request("127.0.0.1:1", "/ws/r/c", &key, Deflate::Offer);
+        let resp = server_answer(&offer);
+        assert_eq!(check_response(&resp, &key), Ok(Decoded::Done(resp.len())));
+        assert_eq!(answered_deflate(&resp, Deflate::Offer), Ok(true));
+
+        let plain = upgrade_request("127.0.0.1:1", "/ws/r/c", &key, Deflate::Off);
+        assert_eq!(plain, request("127.0.0.1:1", "/ws/r/c", &key));
+        let resp = server_answer(&plain);
+        assert_eq!(answered_deflate(&resp, Deflate::Off), Ok(false));
+        // A server that declines (wisp --no-deflate, the floor) leaves the
+        // connection plain.
+        assert_eq!(answered_deflate(&resp, Deflate::Offer), Ok(false));
+    }
+
+    #[test]
+    fn answers_we_could_not_read_fail_the_handshake() {
+        let head = |ext: &str| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: {ext}\r\n\r\n")
+                .into_bytes()
+        };
+        // Not offered at all.
+        assert!(answered_deflate(&head(OFFER), Deflate::Off).is_err());
+        // Context takeover kept by the server: one shared inflater cannot read it.
+        assert!(answered_deflate(&head("permessage-deflate"), Deflate::Offer).is_err());
+        assert!(answered_deflate(&head("x-webkit-deflate-frame"), Deflate::Offer).is_err());
+        assert!(answered_deflate(
+            &head("permessage-deflate; server_no_context_takeover, permessage-deflate; server_no_context_takeover"),
+            Deflate::Offer
+        )
+        .is_err());
+        // What ws answers (parameter order and case are free).
+        assert_eq!(
+            answered_deflate(
+                &head("permessage-deflate; Server_No_Context_Takeover; client_no_context_takeover"),
+                Deflate::Offer
+            ),
+            Ok(true)
+        );
+    }
+
+    /// One unmasked server frame.
+    fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; MAX_HEADER];
+        let n = encode_header(&mut h, Fin::Final, opcode, payload.len() as u64, None);
+        [&h[..n], payload].concat()
+    }
+
+    /// A one-connection server on a thread: answers the upgrade as Wisp
+    /// would, sends `frames` (built once the offer is known) and waits.
+    fn serve(frames: impl FnOnce(bool) -> Vec<u8> + Send + 'static) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut req = Vec::new();
+            while !req.ends_with(b"\r\n\r\n") {
+                r.read_until(b'\n', &mut req).unwrap();
+            }
+            let resp = server_answer(&req);
+            let offered = resp.windows(18).any(|w| w == b"permessage-deflate");
+            s.write_all(&resp).unwrap();
+            s.write_all(&frames(offered)).unwrap();
+            // Hold the connection until the client goes.
+            let _ = r.read(&mut [0u8; 1]);
+        });
+        addr
+    }
+
+    /// Connects once with `deflate` and returns the messages received.
+    fn receive(addr: SocketAddr, deflate: Deflate, want: usize) -> (Vec<String>, IoStats) {
+        let mut eng = Engine::new(&[addr], 1, deflate).unwrap();
+        eng.connect(0, "/ws/r/c", 0, 7).unwrap();
+        let mut got = Vec::new();
+        let deadline = now_ns() + 10_000_000_000;
+        while got.len() < want && now_ns() < deadline {
+            eng.poll(Duration::from_millis(50), &mut |tag, p, _| {
+                assert_eq!(tag, 7);
+                got.push(String::from_utf8(p.to_vec()).unwrap());
+            })
+            .unwrap();
+            for n in eng.take_notes() {
+                assert!(!matches!(n, Note::Failed { .. }), "{n:?}");
+            }
+        }
+        (got, eng.stats)
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_with_wisps_inflater() {
+        let chat = "the build is green again, deploy after lunch? ".repeat(12);
+        let text = chat.clone();
+        let addr = serve(move |offered| {
+            assert!(offered, "the generator did not offer deflate");
+            let mut buf = Vec::new();
+            let mut out = frame(OpCode::Text, b"small, sent plain");
+            let z = Deflater::new(2)
+                .frame(OpCode::Text, text.as_bytes(), &mut buf)
+                .expect("compresses")
+                .to_vec();
+            out.extend_from_slice(&z);
+            out
+        });
+        let (got, stats) = receive(addr, Deflate::Offer, 2);
+        assert_eq!(got, ["small, sent plain".to_string(), chat.clone()]);
+        assert_eq!(stats.deflate_conns, 1);
+        assert_eq!(stats.inflated, 1);
+        assert_eq!(stats.inflated_to, chat.len() as u64);
+        assert!(stats.inflated_from < chat.len() as u64 / 4);
+        // What was read is the answer plus both frames, headers included.
+        assert!(stats.bytes_in > stats.inflated_from + 17);
+    }
+
+    #[test]
+    fn without_the_offer_rsv1_is_a_protocol_error() {
+        let addr = serve(|offered| {
+            assert!(!offered);
+            let mut buf = Vec::new();
+            Deflater::new(2)
+                .frame(OpCode::Text, "x y z ".repeat(100).as_bytes(), &mut buf)
+                .unwrap()
+                .to_vec()
+        });
+        let mut eng = Engine::new(&[addr], 1, Deflate::Off).unwrap();
+        eng.connect(0, "/ws/r/c", 0, 1).unwrap();
+        let deadline = now_ns() + 10_000_000_000;
+        let mut failed = None;
+        while failed.is_none() && now_ns() < deadline {
+            eng.poll(Duration::from_millis(50), &mut |_, _, _| {
+                panic!("a message got through")
+            })
+            .unwrap();
+            failed = eng.take_notes().into_iter().find_map(|n| match n {
+                Note::Failed { why, .. } => Some(why),
+                _ => None,
+            });
+        }
+        assert!(matches!(failed, Some(Failure::Protocol(_))), "{failed:?}");
     }
 }

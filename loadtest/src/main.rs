@@ -112,6 +112,12 @@ pub struct Common {
     /// no welcome.
     #[arg(long)]
     pub raw: bool,
+    /// Offer permessage-deflate (`client_no_context_takeover;
+    /// server_no_context_takeover`) and inflate what the server sends
+    /// compressed; what the generator sends stays uncompressed. The report
+    /// says on how many connections the server accepted.
+    #[arg(long)]
+    pub deflate: bool,
     /// Longest wait for late messages after sending stops, seconds.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,

@@ -90,6 +90,25 @@ pub struct Tally {
     pub max_send_lag_ns: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bytes read from the sockets during the measured window, frame headers
+    /// included: what the server put on the wire for the window's work.
+    #[serde(default)]
+    pub wire_in: u64,
+    /// Messages that arrived compressed during the window, and their payload
+    /// bytes before and after inflating.
+    #[serde(default)]
+    pub inflated: u64,
+    #[serde(default)]
+    pub inflated_from: u64,
+    #[serde(default)]
+    pub inflated_to: u64,
+    /// Connections whose upgrade accepted our permessage-deflate offer.
+    #[serde(default)]
+    pub deflate_conns: u64,
+    /// This process's own CPU over the window (inflating costs the
+    /// generator too: if it saturates its core, latency is its own).
+    #[serde(default)]
+    pub client_cpu_us: u64,
     /// The server's highest RSS sampled during the window (hostile).
     #[serde(default)]
     pub rss_peak: Option<u64>,
@@ -142,6 +161,12 @@ impl Tally {
         self.max_send_lag_ns = self.max_send_lag_ns.max(o.max_send_lag_ns);
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+        self.wire_in += o.wire_in;
+        self.inflated += o.inflated;
+        self.inflated_from += o.inflated_from;
+        self.inflated_to += o.inflated_to;
+        self.deflate_conns += o.deflate_conns;
+        self.client_cpu_us += o.client_cpu_us;
         self.rss_peak = self.rss_peak.max(o.rss_peak);
         if self.attack.is_none() {
             self.attack.clone_from(&o.attack);
@@ -251,6 +276,28 @@ pub struct Report {
     pub also: Vec<ServerSide>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bytes the generator read during the measured window (frames with
+    /// their headers: the server's output on the wire), and that divided by
+    /// `ops`.
+    #[serde(default)]
+    pub wire_bytes_in: u64,
+    #[serde(default)]
+    pub wire_bytes_per_op: Option<f64>,
+    /// permessage-deflate: connections that negotiated it, and the messages
+    /// that arrived compressed in the window with their bytes before and
+    /// after inflating.
+    #[serde(default)]
+    pub deflate_connections: u64,
+    #[serde(default)]
+    pub inflated_messages: u64,
+    #[serde(default)]
+    pub inflated_from: u64,
+    #[serde(default)]
+    pub inflated_to: u64,
+    /// The generator's CPU over the window (all its processes), as a share
+    /// of one core.
+    #[serde(default)]
+    pub client_cpu_share: Option<f64>,
     /// Notes on the run (generator fell behind, loss, ...).
     pub notes: Vec<String>,
     /// What the attacker did (hostile).
@@ -286,6 +333,14 @@ impl Report {
             latency_by_node: t.latency_by_node.iter().map(Latency::from_hist).collect(),
             bytes_in: t.bytes_in,
             bytes_out: t.bytes_out,
+            wire_bytes_in: t.wire_in,
+            wire_bytes_per_op: (ops > 0 && t.wire_in > 0).then(|| t.wire_in as f64 / ops as f64),
+            deflate_connections: t.deflate_conns,
+            inflated_messages: t.inflated,
+            inflated_from: t.inflated_from,
+            inflated_to: t.inflated_to,
+            client_cpu_share: (window_s > 0.0 && t.client_cpu_us > 0)
+                .then(|| t.client_cpu_us as f64 / 1e6 / window_s),
             ..Report::default()
         };
         // Loss: every receiver expects every message sent to its group.
@@ -457,6 +512,32 @@ impl Report {
                     ),
                     None => "unreadable".into(),
                 },
+            );
+        }
+        if let Some(c) = self.client_cpu_share {
+            row("generator CPU", format!("{:.0}% of a core", c * 100.0));
+        }
+        if let Some(b) = self.wire_bytes_per_op {
+            row(
+                &format!("wire bytes / {}", self.per),
+                format!(
+                    "{b:.1}  ({:.1} MB received in the window, frame headers included)",
+                    self.wire_bytes_in as f64 / 1e6
+                ),
+            );
+        }
+        if self.params.get("deflate") == Some(&serde_json::Value::Bool(true)) {
+            row(
+                "deflate",
+                format!(
+                    "negotiated on {} of {} connections; {} messages arrived compressed, {} -> {} bytes ({:.0}%)",
+                    self.deflate_connections,
+                    self.connections_opened,
+                    self.inflated_messages,
+                    self.inflated_from,
+                    self.inflated_to,
+                    100.0 * self.inflated_from as f64 / self.inflated_to.max(1) as f64
+                ),
             );
         }
         if let (Some(b), Some(a)) = (self.server.rss_before, self.server.rss_after) {

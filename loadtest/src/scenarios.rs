@@ -8,7 +8,8 @@
 //! messages are fixed before it starts).
 //!
 //! Chat messages carry `~NONCE:SENT_NS:SENDER:SEQ~` followed by `x` padding
-//! up to `--size` bytes. Every recipient finds the marker (in a raw relay or
+//! up to `--size` bytes, or with `--text chat` by English words (see
+//! [`Text`]). Every recipient finds the marker (in a raw relay or
 //! in a JSON `message` event's `content`), subtracts the send time from its
 //! arrival time (both `CLOCK_MONOTONIC`, shared by every shard), and counts
 //! what it got, so latency is measured at every recipient, the last one
@@ -22,7 +23,7 @@ use clap::Args;
 use wisp::protocol::OpCode;
 
 use crate::ctx::Ctx;
-use crate::engine::{ConnId, Engine, Note};
+use crate::engine::{ConnId, Deflate, Engine, Note};
 use crate::report::{Report, Tally};
 use crate::sys::now_ns;
 use crate::{Cmd, Common};
@@ -86,6 +87,9 @@ pub struct FanoutArgs {
     /// Use the global channel /ws instead of a room.
     #[arg(long)]
     pub global: bool,
+    /// What fills a message after its marker.
+    #[arg(long, value_enum, default_value_t = Text::X)]
+    pub text: Text,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -109,6 +113,33 @@ pub struct RoomsArgs {
     /// Message size, bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// What fills a message after its marker.
+    #[arg(long, value_enum, default_value_t = Text::X)]
+    pub text: Text,
+}
+
+/// What fills a chat message after its marker, up to `--size`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
+    /// `x` repeated: the historical filler. DEFLATE shrinks a run of one
+    /// byte to almost nothing, so it flatters any compression figure.
+    X,
+    /// Words drawn from [`WORDS`] (256 common English words), separated by
+    /// spaces, chosen by a generator seeded from the sender and the sequence
+    /// number: deterministic, different in every message, and about as
+    /// compressible as real English of the same length (a message compresses
+    /// on its own: no context takeover, so no vocabulary is learnt across
+    /// messages; see the `chat_text_compresses_like_english` test).
+    Chat,
+}
+
+impl Text {
+    pub fn name(self) -> &'static str {
+        match self {
+            Text::X => "x",
+            Text::Chat => "chat",
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -185,7 +216,12 @@ pub fn phase_suffix(cmd: &Cmd, i: usize) -> String {
 
 pub fn run(cmd: &Cmd, ctx: &mut Ctx, fd_limit: u64) -> io::Result<Vec<Tally>> {
     let targets = ctx.c.targets().map_err(io::Error::other)?;
-    let mut eng = Engine::new(&targets, ctx.c.sources as usize)?;
+    let deflate = if ctx.c.deflate {
+        Deflate::Offer
+    } else {
+        Deflate::Off
+    };
+    let mut eng = Engine::new(&targets, ctx.c.sources as usize, deflate)?;
     let local = |n: u64| (0..n).filter(|&g| ctx.mine(g)).count() as u64;
     let want = match cmd {
         Cmd::Idle(a) => local(a.conns),
@@ -270,6 +306,7 @@ pub fn finalize(cmd: &Cmd, t: &Tally, phase: usize) -> Report {
             r.params.insert("conns".into(), json!(a.conns));
             r.params.insert("rate".into(), json!(a.rate));
             r.params.insert("size".into(), json!(a.size));
+            r.params.insert("text".into(), json!(a.text.name()));
             r.params.insert(
                 "endpoint".into(),
                 json!(if a.global {
@@ -290,6 +327,7 @@ pub fn finalize(cmd: &Cmd, t: &Tally, phase: usize) -> Report {
             );
             r.params.insert("rate".into(), json!(a.rate));
             r.params.insert("size".into(), json!(a.size));
+            r.params.insert("text".into(), json!(a.text.name()));
             r
         }
         Cmd::Hostile(a) => {
@@ -305,12 +343,44 @@ pub fn finalize(cmd: &Cmd, t: &Tally, phase: usize) -> Report {
         }
         Cmd::Compare(_) => unreachable!("bug: compare is not a scenario"),
     };
+    r.params
+        .insert("deflate".into(), json!(common(cmd).deflate));
     if matches!(cmd, Cmd::Idle(_) | Cmd::Storm(_)) {
         // Their unit of work is the connection; the handshake window is the
         // connection phase (idle) or the whole run (storm).
         r.handshakes_per_s = r.handshakes_per_s.or(Some(r.ops_per_s));
     }
     r
+}
+
+/// The engine's counters and this process's CPU when a window starts.
+struct WindowStart {
+    io: crate::engine::IoStats,
+    cpu_us: u64,
+}
+
+/// This process's CPU so far (0 if `/proc` cannot say).
+fn own_cpu_us() -> u64 {
+    crate::sys::cpu_us(std::process::id()).unwrap_or(0)
+}
+
+fn window_start(eng: &Engine) -> WindowStart {
+    WindowStart {
+        io: eng.stats,
+        cpu_us: own_cpu_us(),
+    }
+}
+
+/// What the engine read and this process spent during a measured window,
+/// and on how many connections deflate was agreed.
+fn window_io(t: &mut Tally, start: &WindowStart, now: &crate::engine::IoStats) {
+    let before = &start.io;
+    t.client_cpu_us = own_cpu_us().saturating_sub(start.cpu_us);
+    t.wire_in = now.bytes_in - before.bytes_in;
+    t.inflated = now.inflated - before.inflated;
+    t.inflated_from = now.inflated_from - before.inflated_from;
+    t.inflated_to = now.inflated_to - before.inflated_to;
+    t.deflate_conns = now.deflate_conns;
 }
 
 /// Connection state by local index.
@@ -578,6 +648,7 @@ fn echo(ctx: &mut Ctx, eng: &mut Engine, a: &EchoArgs) -> io::Result<Vec<Tally>>
         let mut sent_at: Vec<VecDeque<u64>> = vec![VecDeque::new(); ids.len()];
         let mut alive = vec![true; ids.len()];
         ctx.begin_window()?;
+        let at_start = window_start(eng);
         let start = now_ns();
         t.run_start_ns = start;
         let end = start + (ctx.c.duration * 1e9) as u64;
@@ -657,6 +728,7 @@ fn echo(ctx: &mut Ctx, eng: &mut Engine, a: &EchoArgs) -> io::Result<Vec<Tally>>
         }
         t.bytes_in = eng.stats.bytes_in;
         t.bytes_out = eng.stats.bytes_out;
+        window_io(&mut t, &at_start, &eng.stats);
         ctx.end_window(&t)?;
         out.push(t);
     }
@@ -671,6 +743,7 @@ pub struct Chat {
     /// Messages per second per sender.
     rate: f64,
     size: usize,
+    text: Text,
     /// Path of global connection `g`.
     path: Box<dyn Fn(u64) -> String>,
     /// Node (0: `--url`, then each `--also-url`) of global connection `g`.
@@ -698,6 +771,7 @@ impl Chat {
             conns: a.conns,
             rate: a.rate,
             size: a.size,
+            text: a.text,
             path: Box::new(move |g| {
                 if global {
                     "/ws".to_string()
@@ -726,6 +800,7 @@ impl Chat {
             conns: a.rooms * per,
             rate: a.rate,
             size: a.size,
+            text: a.text,
             path: Box::new(move |g| format!("/ws/lt{nonce:08x}-r{}/c{g}", g / per)),
             // Each room's members take the nodes in turn.
             node: Box::new(move |g| (g % per % nodes) as usize),
@@ -749,6 +824,7 @@ impl Chat {
             conns: n,
             rate: a.rate / n as f64,
             size: a.size,
+            text: Text::X,
             path: Box::new(move |g| format!("/ws/lt{nonce:08x}-calm/c{g}")),
             node: Box::new(|_| 0),
             group: Box::new(|_| 0),
@@ -779,15 +855,72 @@ fn find_marker(p: &[u8]) -> Option<Marker> {
     Some(Marker { nonce, sent_ns })
 }
 
-/// Writes a message of `size` bytes (or the marker alone if longer).
-fn write_message(buf: &mut Vec<u8>, nonce: u32, sent_ns: u64, sender: u64, seq: u64, size: usize) {
+/// Writes a message of `size` bytes (or the marker alone if longer), filled
+/// as `text` says.
+fn write_message(
+    buf: &mut Vec<u8>,
+    text: Text,
+    (nonce, sent_ns, sender, seq): (u32, u64, u64, u64),
+    size: usize,
+) {
     use std::io::Write;
     buf.clear();
     let _ = write!(buf, "~{nonce:08x}:{sent_ns}:{sender}:{seq}~");
-    if buf.len() < size {
-        buf.resize(size, b'x');
+    match text {
+        Text::X => {
+            if buf.len() < size {
+                buf.resize(size, b'x');
+            }
+        }
+        Text::Chat => {
+            // xorshift64, seeded per (sender, seq); never zero.
+            let mut x = (seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ sender.rotate_left(32)) | 1;
+            while buf.len() < size {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push(b' ');
+                buf.extend_from_slice(WORDS[(x >> 56) as usize].as_bytes());
+            }
+            // Never into the marker (it has no space).
+            let marker = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
+            buf.truncate(size.max(marker));
+            // Servers trim content: a trailing space would not come back.
+            if let Some(last) = buf.last_mut().filter(|b| **b == b' ') {
+                *last = b'.';
+            }
+        }
     }
 }
+
+/// The vocabulary of `--text chat`: 256 common English words (no `~`, nothing
+/// JSON escapes), one byte of randomness per word.
+#[rustfmt::skip] // one word a line would be 256 lines
+pub const WORDS: [&str; 256] = [
+    "the", "be", "to", "of", "and", "a", "in", "that", "have", "I", "it", "for", "not", "on",
+    "with", "he", "as", "you", "do", "at", "this", "but", "his", "by", "from", "they", "we", "say",
+    "her", "she", "or", "an", "will", "my", "one", "all", "would", "there", "their", "what", "so",
+    "up", "out", "if", "about", "who", "get", "which", "go", "me", "when", "make", "can", "like",
+    "time", "no", "just", "him", "know", "take", "people", "into", "year", "your", "good", "some",
+    "could", "them", "see", "other", "than", "then", "now", "look", "only", "come", "its", "over",
+    "think", "also", "back", "after", "use", "two", "how", "our", "work", "first", "well", "way",
+    "even", "new", "want", "because", "any", "these", "give", "day", "most", "us", "is", "was",
+    "are", "been", "has", "had", "were", "said", "did", "going", "really", "yeah", "ok", "thanks",
+    "sure", "maybe", "tomorrow", "today", "meeting", "lunch", "coffee", "build", "deploy", "server",
+    "client", "message", "room", "test", "bug", "fix", "release", "branch", "merge", "review",
+    "change", "config", "error", "log", "issue", "ticket", "call", "later", "soon", "again",
+    "still", "never", "always", "here", "where", "why", "right", "left", "long", "short", "great",
+    "little", "old", "big", "high", "different", "small", "large", "next", "early", "young",
+    "important", "few", "public", "bad", "same", "able", "last", "late", "hard", "major", "better",
+    "best", "free", "true", "whole", "clear", "problem", "week", "company", "system", "program",
+    "question", "number", "night", "point", "home", "water", "money", "story", "fact", "month",
+    "lot", "study", "book", "eye", "job", "word", "business", "side", "kind", "head", "house",
+    "service", "friend", "power", "hour", "game", "line", "end", "member", "car", "city", "name",
+    "team", "minute", "idea", "body", "words", "nothing", "ago", "lead", "social", "understand",
+    "whether", "watch", "together", "follow", "around", "parent", "stop", "face", "anything",
+    "create", "read", "allow", "add", "spend", "grow", "open", "walk", "win", "offer", "remember",
+    "love", "consider", "buy", "wait", "serve", "send", "expect", "stay",
+];
 
 /// What the receivers of a chat scenario count.
 struct Receivers {
@@ -888,6 +1021,7 @@ fn chat(
     let expected_each = s.senders_per_group * per_sender;
     hooks.start();
     ctx.begin_window()?;
+    let at_start = window_start(eng);
     let start = now_ns() + MS;
     t.run_start_ns = start;
     let send_end = start + (ctx.c.duration * 1e9) as u64;
@@ -912,7 +1046,7 @@ fn chat(
             let at = now_ns();
             t.max_send_lag_ns = t.max_send_lag_ns.max(at.saturating_sub(due));
             if let Some(id) = ids[i] {
-                write_message(&mut buf, nonce, at, globals[i], seq, s.size);
+                write_message(&mut buf, s.text, (nonce, at, globals[i], seq), s.size);
                 eng.send_text(id, &buf);
                 t.sent_per_group[(s.group)(globals[i]) as usize] += 1;
             }
@@ -974,6 +1108,7 @@ fn chat(
     let bad_shape = rx.bad_shape;
     t.bytes_in = eng.stats.bytes_in;
     t.bytes_out = eng.stats.bytes_out;
+    window_io(&mut t, &at_start, &eng.stats);
     if bad_shape > 0 {
         t.fail(format!("{bad_shape} messages not JSON events (use --raw?)"));
     }
@@ -988,7 +1123,7 @@ mod tests {
     #[test]
     fn marker_round_trips_raw_and_inside_json() {
         let mut buf = Vec::new();
-        write_message(&mut buf, 0xabc, 123_456_789, 7, 42, 64);
+        write_message(&mut buf, Text::X, (0xabc, 123_456_789, 7, 42), 64);
         assert_eq!(buf.len(), 64);
         let m = find_marker(&buf).unwrap();
         assert_eq!((m.nonce, m.sent_ns), (0xabc, 123_456_789));
@@ -999,6 +1134,74 @@ mod tests {
         let m = find_marker(json.as_bytes()).unwrap();
         assert_eq!(m.sent_ns, 123_456_789);
         assert!(find_marker(br#"{"type":"join","client_id":"c1"}"#).is_none());
+    }
+
+    #[test]
+    fn chat_text_is_exact_deterministic_and_survives_trimming() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for size in [0, 10, 30, 31, 64, 100, 257, 512, 4000] {
+            for seq in 0..20 {
+                write_message(&mut a, Text::Chat, (7, 99, 3, seq), size);
+                let marker = a.iter().position(|&b| b == b' ').unwrap_or(a.len());
+                assert_eq!(a.len(), size.max(marker), "size {size}");
+                assert_ne!(a.last(), Some(&b' '));
+                assert!(a.iter().all(|&c| c.is_ascii_graphic() || c == b' '));
+                assert_eq!(
+                    find_marker(&a).map(|m| m.sent_ns),
+                    Some(99),
+                    "{}",
+                    String::from_utf8_lossy(&a)
+                );
+                // The same words for the same sender and sequence number.
+                write_message(&mut b, Text::Chat, (7, 42, 3, seq), size);
+                assert_eq!(a[marker..], b[marker..]);
+            }
+        }
+        write_message(&mut a, Text::Chat, (7, 99, 3, 1), 200);
+        write_message(&mut b, Text::Chat, (7, 99, 3, 2), 200);
+        assert_ne!(a[30..], b[30..]);
+        let distinct: std::collections::BTreeSet<&str> = WORDS.iter().copied().collect();
+        assert_eq!(distinct.len(), WORDS.len());
+    }
+
+    #[test]
+    fn chat_text_compresses_like_english() {
+        // Public-domain English prose, for scale.
+        const PROSE: &str = "When in the Course of human events, it becomes necessary for \
+one people to dissolve the political bands which have connected them with another, and to \
+assume among the powers of the earth, the separate and equal station to which the Laws of \
+Nature and of Nature's God entitle them, a decent respect to the opinions of mankind requires \
+that they should declare the causes which impel them to the separation. We hold these truths \
+to be self-evident, that all men are created equal, that they are endowed by their Creator \
+with certain unalienable Rights, that among these are Life, Liberty and the pursuit of \
+Happiness.";
+        let event = |content: &[u8]| {
+            format!(
+                r#"{{"type":"message","id":123,"room_id":"lt0000abcd-fan","client_id":"c0","content":"{}","timestamp":"2026-11-21T10:00:00.123456Z"}}"#,
+                std::str::from_utf8(content).unwrap()
+            )
+        };
+        // Compressed size over plain size of the room event, as Wisp sends it.
+        let ratio = |content: &[u8]| {
+            let e = event(content);
+            let mut out = Vec::new();
+            let mut z = wisp::protocol::deflate::Deflater::new(2);
+            assert!(z.compress(e.as_bytes(), &mut out));
+            out.len() as f64 / e.len() as f64
+        };
+        let mut buf = Vec::new();
+        for size in [256, 512] {
+            write_message(&mut buf, Text::Chat, (0xabc, 123_456_789_012, 0, 5), size);
+            let chat = ratio(&buf);
+            let prose = ratio(&PROSE.as_bytes()[..size]);
+            write_message(&mut buf, Text::X, (0xabc, 123_456_789_012, 0, 5), size);
+            let x = ratio(&buf);
+            assert!(
+                (chat - prose).abs() < 0.08,
+                "{size}: chat {chat:.2} prose {prose:.2}"
+            );
+            assert!(x < chat - 0.25, "{size}: x {x:.2} chat {chat:.2}");
+        }
     }
 
     fn parse(args: &[&str]) -> Cmd {

@@ -3,7 +3,7 @@
 // The same endpoints and fan-out semantics as Wisp (SPEC §3, §4.1, §4.2) on
 // Node.js + the `ws` package, written the way its README recommends: one
 // http.Server, a `noServer` WebSocketServer, routing by path in the
-// 'upgrade' handler, permessage-deflate off (ws's server default), one
+// 'upgrade' handler, permessage-deflate off unless --deflate, one
 // event-loop thread (like Wisp's single reactor).
 //
 // Broadcast strategy (--broadcast MODE, default "cork"); every mode is used
@@ -23,15 +23,29 @@
 //   string - `client.send(str)`: the naive version; the string is UTF-8
 //            encoded again for every recipient.
 // Writing prebuilt frames straight to ws._socket is safe because
-// permessage-deflate is off, so ws's Sender never queues a frame and the
-// order of frames on a socket is kept.
+// permessage-deflate is off (without --deflate), so ws's Sender never queues
+// a frame and the order of frames on a socket is kept.
 // Measured with bench.mjs on the 2-core dev box (64 clients on /ws, 200
 // 32-byte messages each, window 4, 819,200 deliveries; server CPU per
 // delivery): cork ~0.64 us, frame ~4.6 us, buffer ~5.8 us, string ~6.5 us.
 // Without batching, node pays one loopback write per delivery, which is
 // what dominates. "cork" is the fastest honest version, so it is the default.
 //
+// --deflate: permessage-deflate on, ws's own way (`perMessageDeflate` in
+// the WebSocketServer options): each `client.send` compresses for that one
+// recipient, on libuv's thread pool (ws's default concurrencyLimit of 10
+// compressions in flight), with the context takeover the client asks for.
+// Prebuilt frames cannot be written to the socket then (ws's Sender queues
+// messages while it compresses, and a frame written around it would jump
+// the queue), so --deflate implies --broadcast buffer: one payload Buffer
+// shared by every `send`, framed and compressed per recipient. ws offers no
+// way to compress a broadcast once. Threshold and level default to Wisp's
+// (--deflate-min-bytes 256, --deflate-level 2) so that what differs is where
+// compression happens, not how much of it; ws's own defaults are 1024 and
+// zlib's 6.
+//
 // Usage: node server.mjs [ADDR | --bind ADDR] [--broadcast cork|frame|buffer|string]
+//                        [--deflate [--deflate-threshold N] [--deflate-level N]]
 
 import http from 'node:http';
 import { WebSocketServer, WebSocket, Sender } from 'ws';
@@ -40,14 +54,31 @@ const TTL_S = 60;
 const EPOCH = 'x';
 
 let bind = '127.0.0.1:0';
-let mode = 'cork';
+let mode;
+let deflate = false;
+let threshold = 256;
+let level = 2;
 const argv = process.argv.slice(2);
+const USAGE =
+  'usage: node server.mjs [ADDR | --bind ADDR] [--broadcast cork|frame|buffer|string] ' +
+  '[--deflate [--deflate-threshold N] [--deflate-level N]]';
+function int(name, v, lo, hi) {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < lo || n > hi) {
+    console.error(`node-peer: bad ${name} ${v}`);
+    process.exit(2);
+  }
+  return n;
+}
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
   if (a === '--bind') bind = argv[++i];
   else if (a === '--broadcast') mode = argv[++i];
+  else if (a === '--deflate') deflate = true;
+  else if (a === '--deflate-threshold') threshold = int(a, argv[++i], 0, 1 << 30);
+  else if (a === '--deflate-level') level = int(a, argv[++i], 0, 9);
   else if (a === '-h' || a === '--help') {
-    console.log('usage: node server.mjs [ADDR | --bind ADDR] [--broadcast cork|frame|buffer|string]');
+    console.log(USAGE);
     process.exit(0);
   } else if (!a.startsWith('-')) bind = a;
   else {
@@ -55,8 +86,13 @@ for (let i = 0; i < argv.length; i++) {
     process.exit(2);
   }
 }
+mode ??= deflate ? 'buffer' : 'cork';
 if (!['frame', 'cork', 'buffer', 'string'].includes(mode)) {
   console.error(`node-peer: bad --broadcast ${mode}`);
+  process.exit(2);
+}
+if (deflate && (mode === 'frame' || mode === 'cork')) {
+  console.error(`node-peer: --deflate needs --broadcast buffer or string (ws must frame each send)`);
   process.exit(2);
 }
 const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(bind);
@@ -229,7 +265,11 @@ function onRoom(ws, roomId, wanted) {
 
 // ------------------------------------------------------------- server
 
-const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clientTracking: false });
+const wss = new WebSocketServer({
+  noServer: true,
+  perMessageDeflate: deflate ? { threshold, zlibDeflateOptions: { level } } : false,
+  clientTracking: false,
+});
 const server = http.createServer((req, res) => {
   res.writeHead(404, { 'Content-Type': 'text/plain' });
   res.end('not found\n');
@@ -253,7 +293,8 @@ server.on('upgrade', (req, socket, head) => {
 server.listen(port, host, () => {
   const a = server.address();
   const h = a.family === 'IPv6' ? `[${a.address}]` : a.address;
-  console.log(`listening on http://${h}:${a.port}/ (node ws, broadcast=${mode})`);
+  const z = deflate ? `, permessage-deflate threshold=${threshold} level=${level}` : '';
+  console.log(`listening on http://${h}:${a.port}/ (node ws, broadcast=${mode}${z})`);
 });
 
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(0));
