@@ -2,10 +2,10 @@
 # A node with no member in a busy room (issue 14): two Wisp nodes on one
 # Redis; node A carries one room at RATE msg/s (one sender, one receiver,
 # `wisp-loadtest fanout -n 2`), node B holds one member in another, idle
-# room. Reports B's CPU and the bytes B read (all of it from Redis: B has no
-# other traffic) over the run, next to A's, for the current build and, when
-# WISP_BASE_BIN is set, for that build too (e.g. one where every node
-# subscribes to every room).
+# room. Reports B's CPU and the bytes B received (ss's tcp_info over its
+# sockets: from Redis, and its one idle member) over the run, next to A's,
+# for the current build and, when WISP_BASE_BIN is set, for that build too
+# (e.g. one where every node subscribes to every room).
 #
 #   loadtest/interest.sh [OUTDIR]        about 1 minute
 #
@@ -55,7 +55,18 @@ wait_for() {
 cpu_us() { # PID: user + system CPU in µs
     awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"
 }
-read_bytes() { awk '/^rchar/ { print $2 }' "/proc/$1/io"; }
+read_bytes() { # PID: bytes received on its TCP connections (tcp_info, through ss), Redis's included
+    ss -tinpH | python3 -c '
+import re, sys
+pid, total, mine = sys.argv[1], 0, False
+for line in sys.stdin:
+    if not line[0].isspace():
+        mine = ("pid=%s," % pid) in line
+    elif mine:
+        m = re.search(r"bytes_received:(\d+)", line)
+        total += int(m.group(1)) if m else 0
+print(total)' "$1"
+}
 
 echo "| build | A CPU µs/msg | B CPU % of a core | B CPU µs/msg of A's room | B bytes read/s | B bytes read/msg | A messages/s |" >"$out/summary.md"
 echo "|---|---:|---:|---:|---:|---:|---:|" >>"$out/summary.md"

@@ -95,7 +95,9 @@ start_redis() {
     for _ in $(seq "$shards"); do
         port="$(free_port)"
         mkdir -p "$tmp/$port"
+        # The bus port defaults to port + 10000, past 65535 for half the ephemeral ports.
         redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+            --cluster-port "$(free_port)" \
             --cluster-enabled yes --cluster-config-file "$tmp/$port/nodes.conf" \
             --cluster-node-timeout 1000 --cluster-require-full-coverage no --dir "$tmp/$port" \
             >"$out/logs/redis-$port.log" 2>&1 &

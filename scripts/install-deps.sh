@@ -5,7 +5,8 @@
 # stable with cargo-nextest, Python 3.11 with pip, Node 20 with npm. Installs
 # only what is missing, so a second run is quick and changes nothing:
 #
-#   - Debian packages: redis-server (cluster tests), nginx (proxy tests),
+#   - Debian packages: redis-server, redis-tools (cluster tests, on one server and on a Redis
+#     Cluster), nginx (proxy tests),
 #     chromium (browser tests). Their services are never left running: the
 #     tests start their own instances on free ports.
 #   - Python test clients: tests/py/requirements.txt (pinned).
@@ -36,6 +37,8 @@ export npm_config_audit=false npm_config_fund=false npm_config_update_notifier=f
 # --- Debian packages -------------------------------------------------------
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+# redis-cli builds the Redis Cluster of the cluster tests (a dependency of redis-server, said here).
+command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
 # nginx lives in /usr/sbin, which a non-login PATH may lack.
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || apt_packages+=(nginx)
 command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)

@@ -139,7 +139,8 @@ fi
 
 step build cargo build --release --all-targets --locked
 step fmt cargo fmt --all --check
-step clippy cargo clippy --all-targets --locked -- -D warnings
+# --workspace: the load generator too (the root package alone is the default).
+step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
   step cargo cargo nextest run --release --locked

@@ -95,8 +95,9 @@ impl Chat {
         limit: Option<usize>,
         now: Micros,
     ) -> String {
-        let live = image
-            .messages
+        // Redis trims its copy every few posts: at most `--history-max`, as a replica keeps.
+        let kept = image.messages.len().min(self.cfg.history_max);
+        let live = image.messages[image.messages.len() - kept..]
             .iter()
             .filter(|m| m.at + self.ttl > now && since.is_none_or(|s| m.id > s));
         let frames: Vec<_> = live

@@ -52,6 +52,9 @@ const NODE_FORGET: Duration = Duration::from_secs(24 * 3600);
 const FAILOVER_GRACE: Duration = Duration::from_secs(8);
 /// How soon an operation refused with `ASK` or `TRYAGAIN` (a slot in migration) is tried again.
 const MIGRATION_RETRY: Duration = Duration::from_millis(20);
+/// How long posts wait for more posts before they are sent: the price, in latency, of carrying
+/// several posts per round trip and script call (Redis' CPU per post; docs/benchmarks.md).
+const POST_LINGER: Duration = Duration::from_micros(500);
 /// Most posts packed into one `post.lua` call (its ARGV stays well within Lua's limits).
 const POSTS_PER_CALL: usize = 256;
 
@@ -241,9 +244,15 @@ impl Commands {
                     if !self.take(req) {
                         return;
                     }
-                    // Everything already waiting joins this turn's pipelines.
-                    while let Ok(req) = rx.try_recv() {
-                        if !self.take(req) {
+                    // Everything already waiting joins this turn's pipelines. When only posts
+                    // wait, the thread first sleeps a moment, so that one round trip and one script
+                    // call carry many (and their senders wake it once, not once each).
+                    if self.drain_into(&rx).is_err() {
+                        return;
+                    }
+                    if self.only_posts_queued() {
+                        thread::sleep(POST_LINGER);
+                        if self.drain_into(&rx).is_err() {
                             return;
                         }
                     }
@@ -252,6 +261,36 @@ impl Commands {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    /// Takes every request waiting; `Err` when the thread must end.
+    fn drain_into(&mut self, rx: &Receiver<Request>) -> Result<(), ()> {
+        loop {
+            match rx.try_recv() {
+                Ok(req) => {
+                    if !self.take(req) {
+                        return Err(());
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(()),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether everything queued is posts (and fewer than fill a script call), which may wait
+    /// [`POST_LINGER`] for company.
+    fn only_posts_queued(&self) -> bool {
+        let mut n = 0;
+        for s in &self.shards {
+            for q in &s.queue {
+                if !matches!(q.op, Op::Post { .. } | Op::Global { .. }) {
+                    return false;
+                }
+                n += 1;
+            }
+        }
+        n > 0 && n < POSTS_PER_CALL
     }
 
     /// When the loop must look again without a request.
@@ -736,7 +775,15 @@ impl Commands {
                 for chunk in chunks(posts, POSTS_PER_CALL) {
                     let k = RoomKeys::of(&room);
                     keys.extend([k.meta, k.hist, k.members]);
-                    args.extend([k.channel, self.seed.epoch(), chunk.len().to_string()]);
+                    let member_sent = chunk
+                        .iter()
+                        .any(|q| matches!(q.op, Op::Post { conn: Some(_), .. }));
+                    args.extend([
+                        k.channel,
+                        self.seed.epoch(),
+                        chunk.len().to_string(),
+                        u8::from(member_sent).to_string(),
+                    ]);
                     for q in &chunk {
                         if let Op::Post { name, content, .. } = &q.op {
                             args.push(name.clone());

@@ -280,4 +280,34 @@ mod tests {
         let g = Value::Array(vec![Value::Array(vec![b("4\n12\nhello")]), b("4")]);
         assert_eq!(parse_global_image(&g), (vec![(12, "hello".to_string())], 4));
     }
+
+    proptest::proptest! {
+        /// Whatever arrives on a room's channel is a notice or nothing, never a panic.
+        #[test]
+        fn any_payload_parses_or_is_refused(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            room in "[a-z{}%]{0,8}",
+        ) {
+            let _ = parse_event(&keys::channel_of(&room), &payload, "me");
+            let _ = parse_event(GLOBAL_CHANNEL, &payload, "me");
+        }
+
+        /// A batch as post.lua writes it reads back message by message, whatever the text.
+        #[test]
+        fn batches_read_back(
+            msgs in proptest::collection::vec((1u64..1_000_000, 0u64..1 << 53, "\\PC{0,12}", "(\\PC|\n){0,40}"), 1..6),
+        ) {
+            let refs: Vec<(u64, u64, &str, &str)> =
+                msgs.iter().map(|(i, a, c, t)| (*i, *a, c.as_str(), t.as_str())).collect();
+            let payload = format!("m\nE\n{}", batch(&refs));
+            match parse_event(&keys::channel_of("r"), payload.as_bytes(), "me") {
+                Some(Notice::Messages { msgs: got, .. }) => {
+                    let got: Vec<(u64, u64, String, String)> =
+                        got.into_iter().map(|m| (m.id, m.at, m.client, m.content)).collect();
+                    proptest::prop_assert_eq!(got, msgs);
+                }
+                other => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
 }

@@ -604,4 +604,33 @@ mod tests {
         let e = sub.next().expect_err("too big");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
+
+    proptest::proptest! {
+        /// Whatever Redis (or something pretending to be it) sends, the decoder answers, refuses
+        /// or asks for more: it never panics, and what it takes is never more than it was given.
+        #[test]
+        fn any_bytes_decode_or_are_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Ok(Decoded::Frame(v, used)) = decode(&bytes, 0) {
+                proptest::prop_assert!(used <= bytes.len());
+                let _ = push_of(v);
+            }
+        }
+
+        /// Valid frames cut anywhere: the first part needs more, the whole decodes.
+        #[test]
+        fn a_push_cut_anywhere_needs_more(channel in "[a-z{}:]{1,20}", payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100), cut in 0usize..1000) {
+            let mut frame = format!("*3\r\n$8\r\nsmessage\r\n${}\r\n{channel}\r\n${}\r\n", channel.len(), payload.len()).into_bytes();
+            frame.extend_from_slice(&payload);
+            frame.extend_from_slice(b"\r\n");
+            let cut = cut % frame.len();
+            proptest::prop_assert!(matches!(decode(&frame[..cut], 0), Ok(Decoded::NeedMore)));
+            match decode(&frame, 0) {
+                Ok(Decoded::Frame(v, used)) => {
+                    proptest::prop_assert_eq!(used, frame.len());
+                    proptest::prop_assert_eq!(push_of(v), Some(Push::Message { channel: channel.into_bytes(), payload }));
+                }
+                other => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
 }

@@ -6,20 +6,31 @@
 -- KEYS: per room, its meta, hist, members (3 each). In a Redis Cluster the caller sends one call
 -- per slot; on one server, one call for the whole batch.
 -- ARGV: ttl in microseconds, history max (0: none), then per room: channel, fresh epoch, count N,
--- then N × (client, content).
+-- whether a member of the room sent one of them (1: the room has members, its meta is kept
+-- without expiry by join.lua; 0: a server API message, which checks), then N × (client, content).
+-- Trimming the history is amortised: it runs when the ids cross a multiple of TRIM_EVERY, so a
+-- history holds at most TRIM_EVERY - 1 entries past the TTL or the max in between (every reader
+-- filters both). Five commands per room and call, not ten: Redis' CPU per post (benchmarks.md).
 -- Returns the last id of each room, in order.
 local ttl, max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_us()
 local keep_ms = math.floor(ttl / 1000) + 1000
+local TRIM_EVERY = 8
 local ids = {}
 local a = 3
 for r = 0, #KEYS / 3 - 1 do
   local meta, hist, members = KEYS[3 * r + 1], KEYS[3 * r + 2], KEYS[3 * r + 3]
   local channel, fresh, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  local epoch = ensure_epoch(meta, hist, fresh)
-  local state = redis.call('HMGET', meta, 'seq', 'at')
-  local seq, at = tonumber(state[1]) or 0, tonumber(state[2]) or 0
+  local member_sent = ARGV[a + 3] == '1'
+  a = a + 4
+  local state = redis.call('HMGET', meta, 'epoch', 'seq', 'at')
+  local epoch, seq, at = state[1], tonumber(state[2]) or 0, tonumber(state[3]) or 0
+  if not epoch then
+    -- A room without an epoch starts one (as prelude's ensure_epoch).
+    epoch, seq, at = fresh, 0, 0
+    redis.call('DEL', hist)
+    redis.call('HSET', meta, 'epoch', epoch)
+  end
   local event, zadd = {'m\n', epoch, '\n', n, '\n'}, {}
   for _ = 1, n do
     local client, content = ARGV[a], ARGV[a + 1]
@@ -34,14 +45,18 @@ for r = 0, #KEYS / 3 - 1 do
   redis.call('HSET', meta, 'seq', us(seq), 'at', us(at))
   if max > 0 then
     redis.call('ZADD', hist, unpack(zadd))
-    redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
-    redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
+    if math.floor(seq / TRIM_EVERY) ~= math.floor((seq - n) / TRIM_EVERY) then
+      redis.call('ZREMRANGEBYSCORE', hist, '-inf', us(now - ttl))
+      redis.call('ZREMRANGEBYRANK', hist, 0, -(max + 1))
+    end
     redis.call('PEXPIRE', hist, keep_ms)
   end
-  if redis.call('HLEN', members) > 0 then
-    redis.call('PERSIST', meta)
-  else
-    redis.call('PEXPIRE', meta, keep_ms)
+  if not member_sent then
+    if redis.call('HLEN', members) > 0 then
+      redis.call('PERSIST', meta)
+    else
+      redis.call('PEXPIRE', meta, keep_ms)
+    end
   end
   redis.call('SPUBLISH', channel, table.concat(event))
   ids[#ids + 1] = seq
