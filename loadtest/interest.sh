@@ -2,10 +2,10 @@
 # A node with no member in a busy room (issue 14): two Wisp nodes on one
 # Redis; node A carries one room at RATE msg/s (one sender, one receiver,
 # `wisp-loadtest fanout -n 2`), node B holds one member in another, idle
-# room. Reports B's CPU and the bytes B received (ss's tcp_info over its
-# sockets: from Redis, and its one idle member) over the run, next to A's,
-# for the current build and, when WISP_BASE_BIN is set, for that build too
-# (e.g. one where every node subscribes to every room).
+# room. Reports A's and Redis's CPU per message, and B's CPU and the bytes B
+# received (ss's tcp_info over its sockets: from Redis, and its one idle
+# member) over the run, for the current build and, when WISP_BASE_BIN is set,
+# for that build too (e.g. one where every node subscribes to every room).
 #
 #   loadtest/interest.sh [OUTDIR]        about 1 minute
 #
@@ -68,8 +68,8 @@ for line in sys.stdin:
 print(total)' "$1"
 }
 
-echo "| build | A CPU µs/msg | B CPU % of a core | B CPU µs/msg of A's room | B bytes read/s | B bytes read/msg | A messages/s |" >"$out/summary.md"
-echo "|---|---:|---:|---:|---:|---:|---:|" >>"$out/summary.md"
+echo "| build | A CPU µs/msg | Redis CPU µs/msg | B CPU % of a core | B CPU µs/msg of A's room | B bytes read/s | B bytes read/msg | A messages/s |" >"$out/summary.md"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|" >>"$out/summary.md"
 
 builds=("current:$wisp_bin")
 [[ -n "${WISP_BASE_BIN:-}" ]] && builds+=("base:$WISP_BASE_BIN")
@@ -79,6 +79,7 @@ for build in "${builds[@]}"; do
     rport="$(free_port)"
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$out/logs/redis-$name.log" 2>&1 &
     pids+=($!)
+    redis_pid=$!
     wait_for redis-server redis-cli -p "$rport" ping
     ports=() npids=()
     for node in a b; do
@@ -97,14 +98,14 @@ for build in "${builds[@]}"; do
     sleep 2
     b0_cpu="$(cpu_us "${npids[1]}")" b0_read="$(read_bytes "${npids[1]}")" t0="$(date +%s.%N)"
     timeout 120 "$lt" fanout -n 2 --rate "$rate" --duration "$duration" --drain 3 --quiet --label "$name" \
-        --url "ws://127.0.0.1:${ports[0]}" --server-pid "${npids[0]}" --json "$out/$name.json" \
+        --url "ws://127.0.0.1:${ports[0]}" --server-pid "${npids[0]}" --also-pid "$redis_pid" --json "$out/$name.json" \
         >"$out/logs/$name-fanout.txt" 2>&1 || echo "    fanout failed (see logs)" >&2
     b1_cpu="$(cpu_us "${npids[1]}")" b1_read="$(read_bytes "${npids[1]}")" t1="$(date +%s.%N)"
     sed 's/^/    /' "$out/logs/$name-fanout.txt" >&2
     jq -r --arg name "$name" --argjson bcpu "$(echo "$b1_cpu - $b0_cpu" | bc)" \
         --argjson bread "$((b1_read - b0_read))" --argjson secs "$(echo "$t1 - $t0" | bc)" '
         def f: (. * 100 | round) / 100;
-        "| \($name) | \(.server.cpu_us / .sent | f) | \($bcpu / $secs / 10000 | f) | \($bcpu / .sent | f) | \($bread / $secs | round) | \($bread / .sent | f) | \(.sent / .window_s | round) |"
+        "| \($name) | \(.server.cpu_us / .sent | f) | \(.also[0].cpu_us / .sent | f) | \($bcpu / $secs / 10000 | f) | \($bcpu / .sent | f) | \($bread / $secs | round) | \($bread / .sent | f) | \(.sent / .window_s | round) |"
     ' "$out/$name.json" >>"$out/summary.md"
     cleanup
 done

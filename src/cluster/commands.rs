@@ -52,6 +52,10 @@ const NODE_FORGET: Duration = Duration::from_secs(24 * 3600);
 const FAILOVER_GRACE: Duration = Duration::from_secs(8);
 /// How soon an operation refused with `ASK` or `TRYAGAIN` (a slot in migration) is tried again.
 const MIGRATION_RETRY: Duration = Duration::from_millis(20);
+/// Most operations waiting for one shard: beyond, new ones fail back to the reactor (served
+/// locally), so a shard that is away or slow costs a bounded amount of memory (a post is its text
+/// and a few dozen bytes).
+const MAX_QUEUED: usize = 65_536;
 /// How long posts wait for more posts before they are sent: the price, in latency, of carrying
 /// several posts per round trip and script call (Redis' CPU per post; docs/benchmarks.md).
 const POST_LINGER: Duration = Duration::from_micros(500);
@@ -145,6 +149,8 @@ struct Shard {
     failed: bool,
     /// Nothing is sent before this (after `ASK`/`TRYAGAIN`).
     hold_until: Instant,
+    /// The one `warn` of a full queue was written (cleared once it drains).
+    full_logged: bool,
 }
 
 impl Shard {
@@ -157,6 +163,7 @@ impl Shard {
             backoff: BACKOFF_MIN,
             failed: false,
             hold_until: Instant::now(),
+            full_logged: false,
         }
     }
 }
@@ -412,12 +419,24 @@ impl Commands {
         true
     }
 
-    /// Queues `op` on its shard; fails it at once when no shard can be named.
+    /// Queues `op` on its shard; fails it at once when no shard can be named, or when the shard
+    /// already has [`MAX_QUEUED`] operations waiting (a shard that cannot keep up, or is away).
     fn queue(&mut self, op: Op) {
         let Some(i) = self.shard_of(&op.route_key()) else {
             self.fail(op);
             return;
         };
+        if self.shards[i].queue.len() >= MAX_QUEUED {
+            if !self.shards[i].full_logged {
+                self.shards[i].full_logged = true;
+                warn!(
+                    "cluster: {MAX_QUEUED} operations wait for {}; more are served locally",
+                    self.shards[i].addr
+                );
+            }
+            self.fail(op);
+            return;
+        }
         self.shards[i].queue.push_back(Queued {
             op,
             since: Instant::now(),
@@ -678,6 +697,7 @@ impl Commands {
 
     /// Sends shard `i`'s whole queue in one pipeline and dispatches the replies.
     fn flush(&mut self, i: usize) {
+        self.shards[i].full_logged = false;
         let cluster = self.is_cluster();
         let queue: Vec<Queued> = self.shards[i].queue.drain(..).collect();
         let mut pipe = redis::pipe();
