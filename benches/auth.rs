@@ -122,6 +122,19 @@ fn bench_auth(c: &mut Criterion) {
     group.bench_function("es256", |b| {
         b.iter(|| es.verify(black_box(&es_token)).expect("valid"))
     });
+    // What anyone can make the daemon spend without a key: a well-formed ES256 token whose
+    // signature is another token's (the claims differ, so it does not verify).
+    let forged = {
+        let claims = serde_json::json!({"sub": "mallory", "exp": u32::MAX});
+        let other = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &es_key);
+        let other = other.expect("sign");
+        let (head_claims, _) = es_token.rsplit_once('.').expect("JWT");
+        let (_, signature) = other.rsplit_once('.').expect("JWT");
+        format!("{head_claims}.{signature}")
+    };
+    group.bench_function("es256_forged", |b| {
+        b.iter(|| es.verify(black_box(&forged)).expect_err("forged"))
+    });
     for (name, alg, private, public) in [
         ("eddsa", Algorithm::EdDSA, EDDSA_PRIVATE, EDDSA_PUBLIC),
         ("rs256", Algorithm::RS256, RS256_PRIVATE, RS256_PUBLIC),
