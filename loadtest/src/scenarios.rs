@@ -54,6 +54,46 @@ pub struct StormArgs {
     /// Path to upgrade on.
     #[arg(long, default_value = "/ws")]
     pub path: String,
+    /// A connection token every upgrade carries as `?token=` (a server under `--auth token`).
+    /// One token for every connection: on a room path the server refuses a second connection
+    /// under the same name (409), so use `/ws` or `--concurrency 1` there.
+    #[arg(long, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// As `--token`, read from a file (surrounding whitespace ignored): keeps it out of `ps`.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl StormArgs {
+    /// The request target: `--path`, with `token=` added to its query when a token is given.
+    fn target(&self) -> io::Result<String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.trim().to_string(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| io::Error::other(format!("--token-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(self.path.clone()),
+        };
+        if token.is_empty() {
+            return Err(io::Error::other("--token: empty"));
+        }
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        Ok(format!("{}{sep}token={}", self.path, query_escape(&token)))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (a JWT is all unreserved).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Args, Debug, Clone)]
@@ -289,6 +329,11 @@ pub fn finalize(cmd: &Cmd, t: &Tally, phase: usize) -> Report {
         Cmd::Storm(a) => {
             let mut r = Report::from_tally("storm", t, "handshake", t.opened);
             r.params.insert("path".into(), json!(a.path));
+            // Whether the upgrades carried a token; never the token itself.
+            r.params.insert(
+                "token".into(),
+                json!(a.token.is_some() || a.token_file.is_some()),
+            );
             r.params
                 .insert("concurrency".into(), json!(a.common.concurrency));
             r.params.insert("closed".into(), json!(t.closed));
@@ -561,6 +606,7 @@ fn idle(ctx: &mut Ctx, eng: &mut Engine, a: &IdleArgs) -> io::Result<Tally> {
 }
 
 fn storm(ctx: &mut Ctx, eng: &mut Engine, a: &StormArgs) -> io::Result<Tally> {
+    let target = a.target()?;
     let mut t = Tally::default();
     ctx.begin_window()?;
     let start = now_ns();
@@ -578,7 +624,7 @@ fn storm(ctx: &mut Ctx, eng: &mut Engine, a: &StormArgs) -> io::Result<Tally> {
             break;
         }
         while now < end && in_flight < ctx.c.concurrency {
-            match eng.connect(0, &a.path, g as usize, 0) {
+            match eng.connect(0, &target, g as usize, 0) {
                 Ok(_) => in_flight += 1,
                 Err(e) => t.fail(format!("connect: {}", e.kind())),
             }
