@@ -1189,3 +1189,82 @@ fn history_views_take_limit_and_page_on_with_since() {
     assert_eq!(texts[9], "g30", "the newest ten, oldest first: {v}");
     assert_eq!(v["more"], true, "{v}");
 }
+
+/// Token checks cost the reactor up to a third of a millisecond each (ES256), forged tokens as
+/// much as valid ones: each peer address has a budget of them (`--token-checks-per-ip`). Past it,
+/// upgrades get `429` and refreshes a `rate_limited` error, without verifying; other addresses are
+/// not affected, and the budget refills.
+#[test]
+fn token_checks_are_budgeted_per_address() {
+    let dir = std::env::temp_dir().join(format!("wisp-token-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    let secret = b"a secret of at least thirty-two bytes, for HS256";
+    std::fs::write(&secret_file, secret).unwrap();
+    let server = Server::start(&[
+        "--auth",
+        "token",
+        "--token-secret-file",
+        secret_file.to_str().unwrap(),
+        "--token-checks-per-ip",
+        "4/2",
+    ]);
+    let token = |sub: &str| {
+        wisp::server::auth::mint(secret, sub, &["lobby".to_owned()], true, 600).unwrap()
+    };
+    let status = |from: &str, path: &str| {
+        let stream = connect_from(from.parse().unwrap(), server.addr, None).unwrap();
+        let mut conn = HttpConn::from_stream(stream);
+        conn.send(upgrade_request(path, "").as_bytes());
+        conn.read_response()
+    };
+    // Three forged tokens use three checks; a valid token uses the fourth and opens.
+    for _ in 0..3 {
+        let r = status(
+            "127.0.0.1",
+            "/ws/lobby/x?token=eyJhbGciOiJIUzI1NiJ9.e30.AAAA",
+        );
+        assert_eq!(r.status, 401, "{}", r.head);
+    }
+    let mut alice = RawWs::connect(
+        &server,
+        &format!("/ws/lobby/alice?token={}", token("alice")),
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&alice.recv_text()).unwrap()["type"],
+        "welcome"
+    );
+    // The budget is spent: a valid token is not even looked at, and a refresh is refused.
+    let r = status(
+        "127.0.0.1",
+        &format!("/ws/lobby/bob?token={}", token("bob")),
+    );
+    assert_eq!(r.status, 429, "{}", r.head);
+    assert!(r.head.contains("Retry-After: 1"), "{}", r.head);
+    alice.send_text(&format!(
+        r#"{{"type":"refresh","token":"{}"}}"#,
+        token("alice")
+    ));
+    let e: serde_json::Value = serde_json::from_str(&alice.recv_text()).unwrap();
+    assert_eq!(e["code"], "rate_limited", "{e}");
+    // Another address has its own budget.
+    let r = status(
+        "127.0.0.2",
+        &format!("/ws/lobby/carl?token={}", token("carl")),
+    );
+    assert_eq!(r.status, 101, "{}", r.head);
+    // It refills: 4 per 2 s.
+    thread::sleep(Duration::from_millis(600));
+    alice.send_text(&format!(
+        r#"{{"type":"refresh","token":"{}"}}"#,
+        token("alice")
+    ));
+    let e = loop {
+        let e: serde_json::Value = serde_json::from_str(&alice.recv_text()).unwrap();
+        if e["type"] != "join" && e["type"] != "leave" {
+            break e; // not carl's coming and going
+        }
+    };
+    assert_eq!(e["type"], "refreshed", "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

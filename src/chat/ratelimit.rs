@@ -61,7 +61,6 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one; `false` means the message is over the limit.
-    #[cfg(test)]
     pub(crate) fn try_take(&mut self, limit: &RateLimit, now: Micros) -> bool {
         let ok = self.has_token(limit, now);
         if ok {
@@ -164,6 +163,19 @@ impl AddressBuckets {
         }
         self.buckets.retain(|_, b| !b.is_full(&limit, now));
         self.next_sweep = now.saturating_add(limit.per_secs.saturating_mul(MICROS_PER_SEC));
+    }
+
+    /// Takes one token from `ip`'s bucket (a fresh, full one for a new address); false when it has
+    /// none (or true always, when the limit is off).
+    pub(crate) fn try_take(&mut self, ip: IpAddr, now: Micros) -> bool {
+        self.sweep(now);
+        let Some(limit) = self.limit else {
+            return true;
+        };
+        self.buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::full(&limit, now))
+            .try_take(&limit, now)
     }
 
     /// Addresses with a bucket now.

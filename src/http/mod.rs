@@ -239,6 +239,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         501 => "Not Implemented",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

@@ -85,6 +85,8 @@ type Admission = (Option<Session>, Option<String>);
 pub struct Session {
     /// The name the token grants; a refresh must name the same.
     pub name: String,
+    /// The peer's address: its refreshes take from its token check budget.
+    pub ip: IpAddr,
     /// When the token expires, seconds since the Unix epoch; moved on by a refresh.
     pub exp: u64,
 }
@@ -135,6 +137,8 @@ pub struct Server {
     auth: Option<Arc<auth::Verifier>>,
     /// Connections opened with a token, with when it expires.
     sessions: HashMap<MemberId, Session>,
+    /// `--token-checks-per-ip`: token verifications left to each peer address.
+    token_checks: chat::AddressBuckets,
     /// `--metrics-token-file`: the bearer token /metrics requires.
     metrics_token: Option<Secret>,
     /// `--api-key-file`: the key of the server API; without it `/api/` answers 404.
@@ -192,6 +196,12 @@ impl Daemon {
                 catching_up: HashMap::new(),
                 auth: cfg.auth,
                 sessions: HashMap::new(),
+                token_checks: chat::AddressBuckets::new(cfg.token_checks_per_ip.map(|r| {
+                    chat::RateLimit {
+                        tokens: r.tokens,
+                        per_secs: r.per_secs,
+                    }
+                })),
                 metrics_token: cfg.metrics_token,
                 api_key: cfg.api_key,
             },
@@ -237,7 +247,7 @@ impl Service for Server {
         &mut self,
         io: &mut Io<'_, Self>,
         conn: ConnKey,
-        _peer: IpAddr,
+        peer: IpAddr,
         req: &crate::protocol::handshake::Request<'_>,
     ) -> Answer<Admitted> {
         let route = http::route_with(req.path(), req.query(), self.routes);
@@ -251,7 +261,7 @@ impl Service for Server {
                 }
             }
         }
-        let (session, protocol) = match self.admit(req, &route) {
+        let (session, protocol) = match self.admit(req, &route, peer, io.wall()) {
             Ok(admitted) => admitted,
             Err((status, why)) => return self.refuse(io, conn, status, why),
         };
@@ -766,9 +776,11 @@ impl Server {
     /// grants. `Err` is the status to refuse with (401 no or bad token, 403 not granted, 409 name
     /// in use) and why, for the debug log. Other routes, and every route in open mode, pass.
     fn admit(
-        &self,
+        &mut self,
         req: &crate::protocol::handshake::Request<'_>,
         route: &Route<'_>,
+        peer: IpAddr,
+        now: u64,
     ) -> Result<Admission, (u16, &'static str)> {
         let Some(verifier) = &self.auth else {
             return Ok((None, None));
@@ -781,6 +793,11 @@ impl Server {
             return Ok((None, None));
         }
         let (token, carrier) = auth::token_of(req).ok_or((401, "no token"))?;
+        // A verification costs up to a third of a millisecond (ES256), forged or not: each address
+        // gets a budget of them.
+        if !self.token_checks.try_take(peer, now) {
+            return Err((429, "too many token checks from this address"));
+        }
         let grant = verifier.verify(&token).map_err(|r| (401, rejected(r)))?;
         let room = |raw: &str| chat::sanitize_name(&http::percent_decode(raw), chat::DEFAULT_ROOM);
         match route {
@@ -808,6 +825,7 @@ impl Server {
             _ => None,
         };
         let session = route.is_websocket().then_some(Session {
+            ip: peer,
             name: grant.name,
             exp: grant.exp,
         });
@@ -965,10 +983,10 @@ impl Server {
     ) -> Answer<Admitted> {
         io.metrics().auth_refused += 1;
         debug!("refused request on {}: {status} {why}", conn.index());
-        let extra = if status == 401 {
-            "WWW-Authenticate: Bearer\r\n"
-        } else {
-            ""
+        let extra = match status {
+            401 => "WWW-Authenticate: Bearer\r\n",
+            429 => "Retry-After: 1\r\n",
+            _ => "",
         };
         Answer::Respond(http::error_response(status, extra), KeepAlive::No)
     }
@@ -993,6 +1011,16 @@ impl Server {
         let Some(verifier) = self.auth.clone() else {
             return;
         };
+        let Some(ip) = self.sessions.get(&m).map(|s| s.ip) else {
+            return refused(io, "the connection's token has expired");
+        };
+        if !self.token_checks.try_take(ip, io.wall()) {
+            debug!("refresh refused on {}: token check budget", conn.index());
+            io.metrics().rate_limited += 1;
+            let error = serde_json::json!({"type": "error", "code": "rate_limited", "message": "too many token checks from this address; try again later"});
+            io.send_text(conn, error.to_string().as_bytes());
+            return;
+        }
         let grant = match verifier.verify(token) {
             Ok(g) => g,
             Err(r) => return refused(io, rejected(r)),
