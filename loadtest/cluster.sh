@@ -42,42 +42,15 @@ ulimit -n "$(ulimit -Hn)"
 rm -rf "$out"
 mkdir -p "$out/logs"
 
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        # Bounded: SIGKILL whatever is still there after 5 s.
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
-# wait_for DESCRIPTION COMMAND...: retries for up to 10 s.
-wait_for() {
-    local what="$1"
-    shift
-    for _ in $(seq 100); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $what" >&2
-    exit 1
-}
 
 redis_port="$(free_port)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     >"$out/logs/redis.log" 2>&1 &
 redis_pid=$!
-pids+=("$redis_pid")
+started+=("$redis_pid")
 wait_for "redis-server" redis-cli -p "$redis_port" ping
 
 start_wisp() { # NAME PORT [ARGS...]: prints the PID
@@ -89,13 +62,13 @@ start_wisp() { # NAME PORT [ARGS...]: prints the PID
 }
 port_a="$(free_port)"
 a_pid="$(start_wisp a "$port_a" --redis "redis://127.0.0.1:$redis_port")"
-pids+=("$a_pid")
+started+=("$a_pid")
 port_b="$(free_port)"
 b_pid="$(start_wisp b "$port_b" --redis "redis://127.0.0.1:$redis_port")"
-pids+=("$b_pid")
+started+=("$b_pid")
 port_s="$(free_port)"
 s_pid="$(start_wisp single "$port_s")"
-pids+=("$s_pid")
+started+=("$s_pid")
 healthy() { curl -sf "http://127.0.0.1:$1/healthz" | grep -q "$2"; }
 wait_for "node A" healthy "$port_a" '"redis":"up"'
 wait_for "node B" healthy "$port_b" '"redis":"up"'

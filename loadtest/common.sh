@@ -44,3 +44,38 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+
+# Processes a script started (append their PIDs); stop_started stops them. Scripts `trap
+# stop_started EXIT` so nothing they started outlives them.
+started=()
+
+# stop_started: SIGTERM every PID in `started`, SIGKILL whatever is still there after 5 s, reap
+# them, and empty the list. Only processes this script started.
+stop_started() {
+    local p
+    for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${started[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    started=()
+}
+
+# free_port: a loopback TCP port nothing listens on now.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for DESCRIPTION COMMAND...: runs COMMAND every 0.1 s until it succeeds, for up to 20 s;
+# then gives up, saying what it waited for, and exits.
+wait_for() {
+    local what="$1"
+    shift
+    for _ in $(seq 200); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "timed out waiting for $what" >&2
+    exit 1
+}

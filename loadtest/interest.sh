@@ -26,32 +26,8 @@ build_tools
 
 rm -rf "$out"
 mkdir -p "$out/logs"
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    pids=()
-}
-trap cleanup EXIT
+trap stop_started EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_for() {
-    local what="$1"
-    shift
-    for _ in $(seq 200); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $what" >&2
-    exit 1
-}
 cpu_us() { # PID: user + system CPU in µs
     awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"
 }
@@ -78,7 +54,7 @@ for build in "${builds[@]}"; do
     echo "==> $name" >&2
     rport="$(free_port)"
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$out/logs/redis-$name.log" 2>&1 &
-    pids+=($!)
+    started+=($!)
     redis_pid=$!
     wait_for redis-server redis-cli -p "$rport" ping
     ports=() npids=()
@@ -86,7 +62,7 @@ for build in "${builds[@]}"; do
         port="$(free_port)"
         "$bin" --bind "127.0.0.1:$port" --rate-limit 0 --max-outbound-bytes 67108864 \
             --redis "redis://127.0.0.1:$rport" >"$out/logs/$name-$node.log" 2>&1 &
-        pids+=($!)
+        started+=($!)
         npids+=($!)
         ports+=("$port")
         wait_for "node $node" sh -c "curl -sf http://127.0.0.1:$port/healthz | grep -q '\"redis\":\"up\"'"
@@ -94,7 +70,7 @@ for build in "${builds[@]}"; do
     # B's one member, in another room, for the whole run.
     timeout $((duration + 30)) "$lt" idle -n 1 --path /ws/elsewhere/bee --duration $((duration + 20)) \
         --url "ws://127.0.0.1:${ports[1]}" --quiet --json "$out/$name-idle.json" >"$out/logs/$name-idle.txt" 2>&1 &
-    pids+=($!)
+    started+=($!)
     sleep 2
     b0_cpu="$(cpu_us "${npids[1]}")" b0_read="$(read_bytes "${npids[1]}")" t0="$(date +%s.%N)"
     timeout 120 "$lt" fanout -n 2 --rate "$rate" --duration "$duration" --drain 3 --quiet --label "$name" \
@@ -107,7 +83,7 @@ for build in "${builds[@]}"; do
         def f: (. * 100 | round) / 100;
         "| \($name) | \(.server.cpu_us / .sent | f) | \(.also[0].cpu_us / .sent | f) | \($bcpu / $secs / 10000 | f) | \($bcpu / .sent | f) | \($bread / $secs | round) | \($bread / .sent | f) | \(.sent / .window_s | round) |"
     ' "$out/$name.json" >>"$out/summary.md"
-    cleanup
+    stop_started
 done
 echo "==> $out/summary.md" >&2
 cat "$out/summary.md"

@@ -47,33 +47,9 @@ rm -rf "$out"
 mkdir -p "$out/logs"
 tmp="$(mktemp -d)"
 
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    pids=()
-}
-trap 'cleanup; rm -rf "$tmp"' EXIT
+trap 'stop_started; rm -rf "$tmp"' EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
-wait_for() { # DESCRIPTION COMMAND...: retries for up to 20 s
-    local what="$1"
-    shift
-    for _ in $(seq 200); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $what" >&2
-    exit 1
-}
 
 redis_pids=()
 redis_url=""
@@ -86,7 +62,7 @@ start_redis() {
         redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
             >"$out/logs/redis-$port.log" 2>&1 &
         redis_pids+=($!)
-        pids+=($!)
+        started+=($!)
         wait_for "redis-server" redis-cli -p "$port" ping
         redis_url="--redis redis://127.0.0.1:$port"
         return
@@ -102,7 +78,7 @@ start_redis() {
             --cluster-node-timeout 1000 --cluster-require-full-coverage no --dir "$tmp/$port" \
             >"$out/logs/redis-$port.log" 2>&1 &
         redis_pids+=($!)
-        pids+=($!)
+        started+=($!)
         wait_for "redis-server :$port" redis-cli -p "$port" ping
         addrs+=("127.0.0.1:$port")
         seeds+=("redis://127.0.0.1:$port")
@@ -127,7 +103,7 @@ start_nodes() {
         "$bin" --bind "127.0.0.1:$port" --rate-limit 0 --max-outbound-bytes 67108864 $redis_url \
             >"$out/logs/$config-node$i.log" 2>&1 &
         node_pids+=($!)
-        pids+=($!)
+        started+=($!)
         node_ports+=("$port")
     done
     for port in "${node_ports[@]}"; do
@@ -166,7 +142,7 @@ for config in $configs; do
         sed 's/^/    /' "$out/logs/$config-$rate.txt" >&2
     done
     echo "$nodes ${#redis_pids[@]}" >"$out/$config.shape"
-    cleanup
+    stop_started
 done
 
 # The table.
