@@ -44,8 +44,6 @@ mkdir -p "$out/logs"
 
 trap stop_started EXIT
 
-
-
 redis_port="$(free_port)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     >"$out/logs/redis.log" 2>&1 &

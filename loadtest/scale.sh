@@ -49,8 +49,6 @@ tmp="$(mktemp -d)"
 
 trap 'stop_started; rm -rf "$tmp"' EXIT
 
-
-
 redis_pids=()
 redis_url=""
 # start_redis SHARDS: one server (SHARDS=1) or a cluster of SHARDS masters.
