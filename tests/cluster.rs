@@ -1061,3 +1061,27 @@ fn lost_writes_never_reuse_an_id() {
     assert_eq!(w["recovered"], true, "{w}");
     assert_eq!(ids(w["history"].as_array().unwrap()), [11]);
 }
+
+/// Redis forgets its scripts (`SCRIPT FLUSH`, or a promoted replica that never had them): the
+/// scripts are loaded again and what met `NOSCRIPT` is sent again, once: nothing is lost or
+/// doubled.
+#[test]
+fn flushed_scripts_are_loaded_again_and_nothing_is_sent_twice() {
+    let Some(redis) = Redis::start("flushed_scripts_are_loaded_again_and_nothing_is_sent_twice")
+    else {
+        return;
+    };
+    let n = nodes(&redis, 1, &["--rate-limit", "0"]);
+    let (mut a, _) = Client::join(&n[0], "flush", "ann", "");
+    a.send("before");
+    assert_eq!(a.next_of("message")["id"], 1);
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    a.send_burst((0..20).map(|i| format!("after{i}")));
+    let got = triples(&a.messages(20));
+    let want: Vec<(u64, String, String)> = (0..20)
+        .map(|i| (i as u64 + 2, "ann".to_owned(), format!("after{i}")))
+        .collect();
+    assert_eq!(got, want);
+    let history = get_json(&n[0], "/rooms/flush/messages");
+    assert_eq!(history["messages"].as_array().unwrap().len(), 21);
+}

@@ -609,9 +609,13 @@ impl Commands {
             };
             let attempt = Client::open(target.as_str())
                 .and_then(|c| c.get_connection_with_timeout(CONNECT_TIMEOUT))
-                .and_then(|con| {
+                .and_then(|mut con| {
                     con.set_read_timeout(Some(IO_TIMEOUT))?;
                     con.set_write_timeout(Some(IO_TIMEOUT))?;
+                    // Before anything is sent: a pipeline that met NOSCRIPT half-way (a promoted
+                    // replica has no script cache) could not be sent again as a whole, as part of
+                    // it ran (once something else loaded the scripts) and part did not.
+                    load_all(&mut con)?;
                     Ok(con)
                 });
             match attempt {
@@ -717,15 +721,23 @@ impl Commands {
         let Some(con) = self.shards[i].con.as_mut() else {
             return;
         };
-        let mut replies = pipe.query::<Vec<Value>>(con);
-        if matches!(&replies, Ok(v) if v.iter().any(is_noscript_value)) {
-            // A restarted Redis lost the scripts: nothing ran; load them and send again.
-            replies = load_all(con).and_then(|()| pipe.query::<Vec<Value>>(con));
-        }
-        match replies {
+        match pipe.query::<Vec<Value>>(con) {
             Ok(values) if values.len() == sent.len() => {
+                // Scripts are loaded on connecting; a Redis that lost them since (SCRIPT FLUSH)
+                // gets them again, and only what met NOSCRIPT is sent again: the rest ran.
+                let mut again = Vec::new();
                 for (s, v) in sent.into_iter().zip(values) {
-                    self.settle(i, s, v);
+                    if is_noscript_value(&v) {
+                        again.push(s);
+                    } else {
+                        self.settle(i, s, v);
+                    }
+                }
+                if !again.is_empty() {
+                    if let Some(Err(e)) = self.shards[i].con.as_mut().map(load_all) {
+                        self.lost(i, &e);
+                    }
+                    self.requeue(i, again);
                 }
             }
             Ok(values) => {
