@@ -28,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use redis::{Client, Connection, RedisError, Value};
+use redis::{Connection, RedisError, Value};
 
 use super::feed::Feed;
 use super::keys::{self, RoomKeys, GLOBAL_CHANNEL, GLOBAL_KEYS, NODES};
@@ -37,7 +37,7 @@ use super::scripts::{eval, is_noscript, load_all, Scripts};
 use super::seed::Seed;
 use super::slots::{self, Redirect, Topology};
 use super::{Notice, Request, Settings, Shared, ToReactor};
-use super::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, IO_TIMEOUT};
+use super::{BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
 
 /// How often the command thread notes this node alive and looks for dead nodes.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -127,7 +127,7 @@ impl Op {
             | Op::Sync { room, .. }
             | Op::Sweep { room }
             | Op::Rebase { room, .. }
-            | Op::View { room, .. } => RoomKeys::of(room).meta,
+            | Op::View { room, .. } => keys::room_tag(room),
             Op::Global { .. } => GLOBAL_KEYS[0].to_owned(),
         }
     }
@@ -398,14 +398,13 @@ impl Commands {
                 self.next_discovery = self.next_discovery.min(Instant::now());
             }
             Request::Check => {
-                for s in &mut self.shards {
-                    if let Some(con) = s.con.as_mut() {
-                        if let Err(e) = redis::cmd("PING").query::<Value>(con) {
-                            debug!("cluster: link to {} lost: {e}", s.addr);
-                            s.con = None;
-                            s.failed = true;
-                            s.next_try = Instant::now() + BACKOFF_MIN;
-                        }
+                for i in 0..self.shards.len() {
+                    let ping = self.shards[i]
+                        .con
+                        .as_mut()
+                        .map(|con| redis::cmd("PING").query::<Value>(con));
+                    if let Some(Err(e)) = ping {
+                        self.lost(i, &e);
                     }
                 }
                 self.tell_link();
@@ -595,29 +594,20 @@ impl Commands {
 
     fn connect_shards(&mut self) {
         let now = Instant::now();
-        let single = !self.is_cluster();
-        let url = self.settings.seeds.first().cloned().unwrap_or_default();
+        let Some(topology) = self.topology.clone() else {
+            return;
+        };
         for s in &mut self.shards {
             if s.con.is_some() || now < s.next_try {
                 continue;
             }
-            // On a single server, the URL as given (database, password); in a cluster, each master.
-            let target = if single {
-                url.clone()
-            } else {
-                format!("redis://{}", s.addr)
-            };
-            let attempt = Client::open(target.as_str())
-                .and_then(|c| c.get_connection_with_timeout(CONNECT_TIMEOUT))
-                .and_then(|mut con| {
-                    con.set_read_timeout(Some(IO_TIMEOUT))?;
-                    con.set_write_timeout(Some(IO_TIMEOUT))?;
-                    // Before anything is sent: a pipeline that met NOSCRIPT half-way (a promoted
-                    // replica has no script cache) could not be sent again as a whole, as part of
-                    // it ran (once something else loaded the scripts) and part did not.
-                    load_all(&mut con)?;
-                    Ok(con)
-                });
+            let attempt = self.shared.connect(&topology, &s.addr).and_then(|mut con| {
+                // Before anything is sent: a pipeline that met NOSCRIPT half-way (a promoted
+                // replica has no script cache) could not be sent again as a whole, as part of it
+                // ran (once something else loaded the scripts) and part did not.
+                load_all(&mut con)?;
+                Ok(con)
+            });
             match attempt {
                 Ok(con) => {
                     debug!("cluster: command link to {} up", s.addr);
@@ -643,7 +633,7 @@ impl Commands {
             self.shards[i].failed = false;
             let mut rebases = Vec::new();
             for (room, id) in &last {
-                if self.shard_of(&RoomKeys::of(room).meta) == Some(i) {
+                if self.shard_of(&keys::room_tag(room)) == Some(i) {
                     rebases.push(Queued {
                         op: Op::Rebase {
                             room: room.clone(),
@@ -779,7 +769,7 @@ impl Commands {
                 unreachable!("bug: not a post")
             };
             let group = if cluster {
-                slots::slot_of(RoomKeys::of(room).meta.as_bytes())
+                slots::slot_of(keys::room_tag(room).as_bytes())
             } else {
                 0
             };

@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::debug;
-use redis::{Client, RedisResult, Value};
+use redis::{RedisResult, Value};
 
 use super::keys::{self, RoomKeys, GLOBAL_CHANNEL, GLOBAL_KEYS};
 use super::parse::{parse_event, parse_global_image, parse_room_image};
@@ -223,15 +223,7 @@ impl Feed {
         if rooms.is_empty() && !global {
             return Ok(ClusterImage::default());
         }
-        let target = if self.topology.is_cluster() {
-            format!("redis://{addr}")
-        } else {
-            self.shared.url.clone()
-        };
-        let mut con =
-            Client::open(target.as_str())?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut con = self.shared.connect(&self.topology, addr)?;
         let s = Scripts::get();
         let mut pipe = redis::pipe();
         for room in rooms {

@@ -27,8 +27,9 @@
 //!   members in the room.
 //! - `wisp:{g}:ch`, the global channel: `seq\nat\ntext`; every node subscribes.
 
-/// The room's hash tag, `{r:NAME}` with `%`, `{`, `}` percent-encoded.
-fn room_tag(room: &str) -> String {
+/// The room's hash tag, `{r:NAME}` with `%`, `{`, `}` percent-encoded: it hashes to the slot of
+/// every key of the room, so it is what routing needs (one string, not [`RoomKeys`]' five).
+pub(super) fn room_tag(room: &str) -> String {
     let mut tag = String::with_capacity(room.len() + 4);
     tag.push_str("{r:");
     for c in room.chars() {
@@ -139,7 +140,7 @@ mod tests {
             };
             let t = tag(&k.meta);
             assert!(!t.is_empty());
-            for key in [&k.hist, &k.members, &k.names, &k.channel] {
+            for key in [&k.hist, &k.members, &k.names, &k.channel, &room_tag(room)] {
                 assert_eq!(tag(key), t, "{room:?}");
             }
             assert_eq!(room_of_channel(&k.channel).as_deref(), Some(room));

@@ -65,10 +65,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use mio::Waker;
+use redis::{Client, Connection, RedisResult};
 
 use crate::chat::{ClusterImage, ClusterMessage, Micros, Origin, Presence, RoomImage};
 use commands::Commands;
 use seed::Seed;
+use slots::Topology;
 use subscriber::SubHandle;
 
 /// Connecting to Redis gives up after this; a local Redis answers in microseconds.
@@ -218,7 +220,7 @@ struct Shared {
     /// [`Request::Check`]s done so far.
     checks: AtomicU64,
     stop: AtomicBool,
-    /// `--redis`'s URL as given (a single server: database, password); empty for a cluster.
+    /// The first seed as given: on a single server, the URL every connection uses (its database).
     url: String,
     /// For the feeds' requests to the command thread.
     requests: Mutex<Sender<Request>>,
@@ -244,6 +246,20 @@ struct Subs {
 const CONFIRM_WAIT: Duration = Duration::from_secs(1);
 
 impl Shared {
+    /// A command connection to master `addr` of `topology`, with the I/O timeouts: on a single
+    /// server through the URL as given (its database), in a cluster to the master itself.
+    fn connect(&self, topology: &Topology, addr: &str) -> RedisResult<Connection> {
+        let target = if topology.is_cluster() {
+            format!("redis://{addr}")
+        } else {
+            self.url.clone()
+        };
+        let con = Client::open(target.as_str())?.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        con.set_read_timeout(Some(IO_TIMEOUT))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(con)
+    }
+
     fn subs(&self) -> MutexGuard<'_, Subs> {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -372,8 +388,6 @@ pub(crate) struct Bridge {
 pub(crate) struct Settings {
     /// `--redis`: one URL; `--redis-cluster`: the seed nodes.
     pub(crate) seeds: Vec<String>,
-    /// Whether the seeds are a Redis Cluster's.
-    pub(crate) cluster: bool,
     pub(crate) ttl: Duration,
     pub(crate) history_max: usize,
 }
@@ -394,11 +408,7 @@ pub(crate) fn start(settings: Settings, waker: Waker) -> io::Result<Bridge> {
         feed_gen: AtomicU64::new(0),
         checks: AtomicU64::new(0),
         stop: AtomicBool::new(false),
-        url: if settings.cluster {
-            String::new()
-        } else {
-            settings.seeds.first().cloned().unwrap_or_default()
-        },
+        url: settings.seeds.first().cloned().unwrap_or_default(),
         requests: Mutex::new(req_tx.clone()),
         subs: Mutex::new(Subs::default()),
         confirmed: Condvar::new(),

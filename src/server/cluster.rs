@@ -95,7 +95,6 @@ impl ClusterLink {
         let bridge = cluster::start(
             cluster::Settings {
                 seeds,
-                cluster: cfg.redis_cluster,
                 ttl: cfg.history_ttl,
                 history_max: cfg.history_max,
             },
