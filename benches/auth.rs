@@ -24,21 +24,6 @@ use wisp::protocol::handshake;
 use wisp::protocol::Decoded;
 use wisp::server::auth::{self, Grant, Verifier};
 
-/// The request of `benches/handshake.rs`, to a room path; `{TARGET}` is replaced.
-const REQUEST: &str = "GET {TARGET} HTTP/1.1\r\n\
-Host: chat.example.com\r\n\
-Connection: Upgrade\r\n\
-Pragma: no-cache\r\n\
-Cache-Control: no-cache\r\n\
-User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36\r\n\
-Upgrade: websocket\r\n\
-Origin: https://chat.example.com\r\n\
-Sec-WebSocket-Version: 13\r\n\
-Accept-Encoding: gzip, deflate, br, zstd\r\n\
-Accept-Language: en-GB,en-US;q=0.9,en;q=0.8\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
-
 const PATH: &str = "/ws/general/alice";
 const ROOM: &str = "general";
 
@@ -67,7 +52,7 @@ fn token(alg: Algorithm, key: &EncodingKey) -> String {
 }
 
 fn request(target: &str) -> Vec<u8> {
-    REQUEST.replace("{TARGET}", target).into_bytes()
+    common::browser_upgrade(target)
 }
 
 /// Open mode: no token looked for.

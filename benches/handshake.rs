@@ -22,26 +22,17 @@ use tungstenite::handshake::machine::TryParse;
 use wisp::protocol::handshake;
 use wisp::protocol::Decoded;
 
-const REQUEST: &[u8] = b"GET /ws/general/alice?since=41&epoch=k3v9q2 HTTP/1.1\r\n\
-Host: chat.example.com\r\n\
-Connection: Upgrade\r\n\
-Pragma: no-cache\r\n\
-Cache-Control: no-cache\r\n\
-User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36\r\n\
-Upgrade: websocket\r\n\
-Origin: https://chat.example.com\r\n\
-Sec-WebSocket-Version: 13\r\n\
-Accept-Encoding: gzip, deflate, br, zstd\r\n\
-Accept-Language: en-GB,en-US;q=0.9,en;q=0.8\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+/// A browser's upgrade to a room, resuming (the request line Chrome would send).
+const TARGET: &str = "/ws/general/alice?since=41&epoch=k3v9q2";
 
 fn bench_handshake(c: &mut Criterion) {
-    let mut group = c.benchmark_group(format!("handshake/{}B", REQUEST.len()));
-    group.throughput(Throughput::Bytes(REQUEST.len() as u64));
+    let request = common::browser_upgrade(TARGET);
+    let request = request.as_slice();
+    let mut group = c.benchmark_group(format!("handshake/{}B", request.len()));
+    group.throughput(Throughput::Bytes(request.len() as u64));
     group.bench_function("wisp", |b| {
         b.iter(|| {
-            let Ok(Decoded::Done((req, _len))) = handshake::parse(black_box(REQUEST)) else {
+            let Ok(Decoded::Done((req, _len))) = handshake::parse(black_box(request)) else {
                 panic!("complete request");
             };
             let accept = handshake::check_upgrade(&req).expect("valid upgrade");
@@ -51,7 +42,7 @@ fn bench_handshake(c: &mut Criterion) {
     group.bench_function("tungstenite", |b| {
         b.iter(|| {
             let Ok(Some((_len, req))) =
-                tungstenite::handshake::server::Request::try_parse(black_box(REQUEST))
+                tungstenite::handshake::server::Request::try_parse(black_box(request))
             else {
                 panic!("complete request");
             };
@@ -65,7 +56,7 @@ fn bench_handshake(c: &mut Criterion) {
         b.iter(|| {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut headers);
-            let status = req.parse(black_box(REQUEST)).expect("valid");
+            let status = req.parse(black_box(request)).expect("valid");
             black_box(req.headers.len());
             status.is_complete()
         })

@@ -15,3 +15,25 @@ macro_rules! bench_main {
         criterion::criterion_main!(benches);
     };
 }
+
+/// An upgrade request for `target` as Chrome sends it (13 header lines, 600-odd bytes): what
+/// `handshake.rs` and `auth.rs` parse.
+#[allow(dead_code)] // not every bench upgrades
+pub fn browser_upgrade(target: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\n\
+Host: chat.example.com\r\n\
+Connection: Upgrade\r\n\
+Pragma: no-cache\r\n\
+Cache-Control: no-cache\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36\r\n\
+Upgrade: websocket\r\n\
+Origin: https://chat.example.com\r\n\
+Sec-WebSocket-Version: 13\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Accept-Language: en-GB,en-US;q=0.9,en;q=0.8\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    .into_bytes()
+}
