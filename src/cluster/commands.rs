@@ -796,7 +796,7 @@ impl Commands {
             for (room, posts) in rooms {
                 for chunk in chunks(posts, POSTS_PER_CALL) {
                     let k = RoomKeys::of(&room);
-                    keys.extend([k.meta, k.hist, k.members]);
+                    keys.extend([k.meta, k.log, k.members]);
                     let member_sent = chunk
                         .iter()
                         .any(|q| matches!(q.op, Op::Post { conn: Some(_), .. }));
@@ -880,7 +880,7 @@ impl Commands {
             }
             Op::View { room, .. } => {
                 let k = RoomKeys::of(room);
-                let mut c = s.image.call(&[&k.meta, &k.hist, &k.members]);
+                let mut c = s.image.call(&[&k.meta, &k.log, &k.members]);
                 c.arg(ttl_us);
                 c
             }

@@ -228,7 +228,7 @@ impl Feed {
         let mut pipe = redis::pipe();
         for room in rooms {
             let k = RoomKeys::of(room);
-            pipe.add_command(s.image.call(&[&k.meta, &k.hist, &k.members]))
+            pipe.add_command(s.image.call(&[&k.meta, &k.log, &k.members]))
                 .arg(self.ttl_us);
         }
         if global {

@@ -12,10 +12,10 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `wisp:{r:NAME}:meta` | hash | `epoch`, `seq` (last id), `at` (last timestamp µs); lives while the room has members or history |
-//! | `wisp:{r:NAME}:hist` | zset | message bodies `id\nat\nclient\ncontent`, score = timestamp µs; trimmed by TTL and `--history-max` |
+//! | `wisp:{r:NAME}:log` | list | message bodies `id\nat\nclient\ncontent`, oldest first; trimmed by TTL and `--history-max` |
 //! | `wisp:{r:NAME}:members` | hash | `node:conn` → name |
 //! | `wisp:{r:NAME}:names` | hash | name → `node:conn`, for de-duplication |
-//! | `wisp:{g}:hist`, `wisp:{g}:seq`, `wisp:{g}:at` | zset, counters | the global channel (`/ws`) |
+//! | `wisp:{g}:log`, `wisp:{g}:seq`, `wisp:{g}:at` | list, counters | the global channel (`/ws`) |
 //! | `wisp:{n}:nodes` | zset | node id → its last heartbeat (ms, Redis's clock): liveness |
 //!
 //! # Channels (sharded pub/sub: `SPUBLISH`/`SSUBSCRIBE`)
@@ -48,7 +48,7 @@ pub(super) fn room_tag(room: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RoomKeys {
     pub(super) meta: String,
-    pub(super) hist: String,
+    pub(super) log: String,
     pub(super) members: String,
     pub(super) names: String,
     pub(super) channel: String,
@@ -59,16 +59,16 @@ impl RoomKeys {
         let tag = room_tag(room);
         RoomKeys {
             meta: format!("wisp:{tag}:meta"),
-            hist: format!("wisp:{tag}:hist"),
+            log: format!("wisp:{tag}:log"),
             members: format!("wisp:{tag}:members"),
             names: format!("wisp:{tag}:names"),
             channel: channel_of(room),
         }
     }
 
-    /// The four keys, in the order every room script declares them: meta, hist, members, names.
+    /// The four keys, in the order every room script declares them: meta, log, members, names.
     pub(super) fn all(&self) -> [&str; 4] {
-        [&self.meta, &self.hist, &self.members, &self.names]
+        [&self.meta, &self.log, &self.members, &self.names]
     }
 }
 
@@ -97,8 +97,8 @@ pub(super) fn room_of_channel(channel: &str) -> Option<String> {
     Some(room)
 }
 
-/// The global channel's keys, in the order its scripts declare them: hist, seq, at.
-pub(super) const GLOBAL_KEYS: [&str; 3] = ["wisp:{g}:hist", "wisp:{g}:seq", "wisp:{g}:at"];
+/// The global channel's keys, in the order its scripts declare them: log, seq, at.
+pub(super) const GLOBAL_KEYS: [&str; 3] = ["wisp:{g}:log", "wisp:{g}:seq", "wisp:{g}:at"];
 /// The global channel.
 pub(super) const GLOBAL_CHANNEL: &str = "wisp:{g}:ch";
 /// The node registry.
@@ -140,7 +140,7 @@ mod tests {
             };
             let t = tag(&k.meta);
             assert!(!t.is_empty());
-            for key in [&k.hist, &k.members, &k.names, &k.channel, &room_tag(room)] {
+            for key in [&k.log, &k.members, &k.names, &k.channel, &room_tag(room)] {
                 assert_eq!(tag(key), t, "{room:?}");
             }
             assert_eq!(room_of_channel(&k.channel).as_deref(), Some(room));

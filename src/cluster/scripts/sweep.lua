@@ -1,5 +1,5 @@
 -- sweep.lua: removes the members of dead nodes from a room, publishing their `l`.
--- KEYS: the room's meta, hist, members, names.
+-- KEYS: the room's meta, log, members, names.
 -- ARGV: channel, then the ids of the dead nodes.
 -- Returns the number of members removed.
 local dead = {}
