@@ -56,9 +56,6 @@ const MIGRATION_RETRY: Duration = Duration::from_millis(20);
 /// locally), so a shard that is away or slow costs a bounded amount of memory (a post is its text
 /// and a few dozen bytes).
 const MAX_QUEUED: usize = 65_536;
-/// How long posts wait for more posts before they are sent: the price, in latency, of carrying
-/// several posts per round trip and script call (Redis' CPU per post; docs/benchmarks.md).
-const POST_LINGER: Duration = Duration::from_micros(500);
 /// Most posts packed into one `post.lua` call (its ARGV stays well within Lua's limits).
 const POSTS_PER_CALL: usize = 256;
 
@@ -178,6 +175,23 @@ enum Sent {
     Posts(Vec<Queued>),
 }
 
+/// A pipeline written to a shard whose replies are still to be read.
+struct InFlight {
+    shard: usize,
+    sent: Vec<Sent>,
+}
+
+impl InFlight {
+    /// Whether it carries only messages (which nobody waits for: their events come back through
+    /// the feeds), so that reading its replies may wait for more posts to gather.
+    fn only_posts(&self) -> bool {
+        self.sent.iter().all(|s| match s {
+            Sent::Posts(_) => true,
+            Sent::One(q) => matches!(q.op, Op::Global { .. }),
+        })
+    }
+}
+
 pub(super) struct Commands {
     settings: Settings,
     node: String,
@@ -239,29 +253,39 @@ impl Commands {
                 self.heartbeat();
                 self.next_beat = Instant::now() + HEARTBEAT;
             }
-            self.flush_all();
+            // Every shard's queue goes out as one pipeline. When they carry only posts, the thread
+            // sleeps `--redis-batch-us` before it reads the replies, and the posts that arrive
+            // meanwhile go out together in the next turn: under load, one round trip and one
+            // script call per shard carry many posts, and the thread is never parked, so the
+            // reactor's sends wake nobody. The first post after a quiet spell goes out at once.
+            let flights = self.send_all();
+            if !self.settings.batch.is_zero()
+                && !flights.is_empty()
+                && flights.iter().all(InFlight::only_posts)
+            {
+                thread::sleep(self.settings.batch);
+            }
+            for f in flights {
+                self.receive(f);
+            }
             self.fail_expired();
             self.tell_link();
+            // (After fail_expired: on a single server, whatever waits at all has failed.)
+            if self.drain_into(&rx).is_err() {
+                return;
+            }
+            if self.any_ready() {
+                continue;
+            }
             let wait = self
                 .next_wake()
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
             match rx.recv_timeout(wait) {
                 Ok(req) => {
-                    if !self.take(req) {
+                    // Everything already waiting joins this turn's pipelines.
+                    if !self.take(req) || self.drain_into(&rx).is_err() {
                         return;
-                    }
-                    // Everything already waiting joins this turn's pipelines. When only posts
-                    // wait, the thread first sleeps a moment, so that one round trip and one script
-                    // call carry many (and their senders wake it once, not once each).
-                    if self.drain_into(&rx).is_err() {
-                        return;
-                    }
-                    if self.only_posts_queued() {
-                        thread::sleep(POST_LINGER);
-                        if self.drain_into(&rx).is_err() {
-                            return;
-                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -285,19 +309,12 @@ impl Commands {
         }
     }
 
-    /// Whether everything queued is posts (and fewer than fill a script call), which may wait
-    /// [`POST_LINGER`] for company.
-    fn only_posts_queued(&self) -> bool {
-        let mut n = 0;
-        for s in &self.shards {
-            for q in &s.queue {
-                if !matches!(q.op, Op::Post { .. } | Op::Global { .. }) {
-                    return false;
-                }
-                n += 1;
-            }
-        }
-        n > 0 && n < POSTS_PER_CALL
+    /// Whether a shard has something to send and may send it now.
+    fn any_ready(&self) -> bool {
+        let now = Instant::now();
+        self.shards
+            .iter()
+            .any(|s| s.con.is_some() && !s.queue.is_empty() && now >= s.hold_until)
     }
 
     /// When the loop must look again without a request.
@@ -680,22 +697,25 @@ impl Commands {
 
     // ---- sending ----------------------------------------------------------------------------------
 
-    fn flush_all(&mut self) {
+    /// Writes every shard's queue that may go now, as one pipeline per shard.
+    fn send_all(&mut self) -> Vec<InFlight> {
+        let now = Instant::now();
+        let mut flights = Vec::new();
         for i in 0..self.shards.len() {
             let s = &self.shards[i];
-            if s.con.is_some() && !s.queue.is_empty() && Instant::now() >= s.hold_until {
-                self.flush(i);
+            if s.con.is_some() && !s.queue.is_empty() && now >= s.hold_until {
+                flights.extend(self.send(i));
             }
         }
+        flights
     }
 
-    /// Sends shard `i`'s whole queue in one pipeline and dispatches the replies.
-    fn flush(&mut self, i: usize) {
+    /// Writes shard `i`'s whole queue as one pipeline; [`Commands::receive`] reads its replies.
+    fn send(&mut self, i: usize) -> Option<InFlight> {
         self.shards[i].full_logged = false;
         let cluster = self.is_cluster();
         let queue: Vec<Queued> = self.shards[i].queue.drain(..).collect();
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         let mut sent: Vec<Sent> = Vec::with_capacity(queue.len());
         let mut run: Vec<Queued> = Vec::new();
         for q in queue {
@@ -709,45 +729,59 @@ impl Commands {
         }
         self.pack_posts(run, cluster, &mut pipe, &mut sent);
         let Some(con) = self.shards[i].con.as_mut() else {
-            return;
+            self.requeue(i, sent);
+            return None;
         };
-        match pipe.query::<Vec<Value>>(con) {
-            Ok(values) if values.len() == sent.len() => {
-                // Scripts are loaded on connecting; a Redis that lost them since (SCRIPT FLUSH)
-                // gets them again, and only what met NOSCRIPT is sent again: the rest ran.
-                let mut again = Vec::new();
-                for (s, v) in sent.into_iter().zip(values) {
-                    if is_noscript_value(&v) {
-                        again.push(s);
-                    } else {
-                        self.settle(i, s, v);
-                    }
-                }
-                if !again.is_empty() {
-                    if let Some(Err(e)) = self.shards[i].con.as_mut().map(load_all) {
-                        self.lost(i, &e);
-                    }
-                    self.requeue(i, again);
-                }
-            }
-            Ok(values) => {
-                error!(
-                    "cluster: {} replies for {} commands",
-                    values.len(),
-                    sent.len()
-                );
-                self.requeue(i, sent);
-            }
+        match con.send_packed_command(&pipe.get_packed_pipeline()) {
+            Ok(()) => Some(InFlight { shard: i, sent }),
             Err(e) => {
-                if is_link_error(&e) {
-                    self.lost(i, &e);
-                } else {
-                    error!("cluster: pipeline refused: {e}");
-                }
+                self.lost(i, &e);
                 // Sent again when the shard is back (or failed after the grace).
                 self.requeue(i, sent);
+                None
             }
         }
+    }
+
+    /// Reads the replies of a pipeline [`Commands::send`] wrote, and dispatches them.
+    fn receive(&mut self, flight: InFlight) {
+        let InFlight { shard: i, sent } = flight;
+        let mut replies = Vec::with_capacity(sent.len());
+        let mut failed = None;
+        if let Some(con) = self.shards[i].con.as_mut() {
+            while replies.len() < sent.len() {
+                match con.recv_response() {
+                    Ok(v) => replies.push(v),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        // Scripts are loaded on connecting; a Redis that lost them since (SCRIPT FLUSH) gets them
+        // again, and only what met NOSCRIPT is sent again: the rest ran. What has no reply (the
+        // link broke) is sent again when the shard is back, or fails after the grace.
+        let mut again = Vec::new();
+        let mut sent = sent.into_iter();
+        for v in replies {
+            let s = sent.next().expect("bug: a reply for nothing sent");
+            if is_noscript_value(&v) {
+                again.push(s);
+            } else {
+                self.settle(i, s, v);
+            }
+        }
+        let unanswered: Vec<Sent> = sent.collect();
+        if let Some(e) = failed {
+            self.lost(i, &e);
+        } else if !again.is_empty() {
+            if let Some(Err(e)) = self.shards[i].con.as_mut().map(load_all) {
+                self.lost(i, &e);
+            }
+        }
+        again.extend(unanswered);
+        self.requeue(i, again);
     }
 
     /// Adds `posts` (consecutive in a shard's queue) to `pipe`: one `post.lua` call per slot in a
@@ -1093,10 +1127,8 @@ impl Commands {
             let field = keys::member_field(&self.node, conn);
             self.queue(Op::Leave { room, field });
         }
-        for i in 0..self.shards.len() {
-            if self.shards[i].con.is_some() {
-                self.flush(i);
-            }
+        for f in self.send_all() {
+            self.receive(f);
         }
         if let Some(i) = self.shard_of(NODES) {
             if let Some(con) = self.shards[i].con.as_mut() {

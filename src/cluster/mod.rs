@@ -390,6 +390,8 @@ pub(crate) struct Settings {
     pub(crate) seeds: Vec<String>,
     pub(crate) ttl: Duration,
     pub(crate) history_max: usize,
+    /// `--redis-batch-us`: how long the command thread gathers posts for one round trip.
+    pub(crate) batch: Duration,
 }
 
 /// Starts the bridge threads; `waker` wakes the reactor's poll. Fails only if a thread cannot be

@@ -97,6 +97,7 @@ impl ClusterLink {
                 seeds,
                 ttl: cfg.history_ttl,
                 history_max: cfg.history_max,
+                batch: cfg.redis_batch,
             },
             waker,
         )?;
