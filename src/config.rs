@@ -191,7 +191,7 @@ pub struct ServeArgs {
     /// system calls whatever it carries, so more posts per trip is less CPU per post, for up to this
     /// much added latency. 0: send at once (what queued during the previous trip still goes
     /// together).
-    #[arg(long, env = "WISP_REDIS_BATCH_US", default_value_t = 1000, value_name = "US", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    #[arg(long, env = "WISP_REDIS_BATCH_US", default_value_t = 2000, value_name = "US", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub redis_batch_us: u64,
     /// `open`: anyone joins any room under any name; `token`: every WebSocket path and history view
     /// needs a valid connection token (the page and /healthz stay open). Default open: today's
@@ -858,7 +858,7 @@ mod tests {
         assert!(!parse(&["--redis", "redis://a:1"]).unwrap().redis_cluster);
         assert_eq!(
             parse(&["--redis", "redis://a:1"]).unwrap().redis_batch,
-            Duration::from_millis(1)
+            Duration::from_millis(2)
         );
         assert_eq!(
             parse(&["--redis", "redis://a:1", "--redis-batch-us", "0"])
