@@ -1127,8 +1127,13 @@ impl Commands {
             let field = keys::member_field(&self.node, conn);
             self.queue(Op::Leave { room, field });
         }
-        for f in self.send_all() {
-            self.receive(f);
+        // Held shards too: this is the last chance.
+        for i in 0..self.shards.len() {
+            if self.shards[i].con.is_some() && !self.shards[i].queue.is_empty() {
+                if let Some(f) = self.send(i) {
+                    self.receive(f);
+                }
+            }
         }
         if let Some(i) = self.shard_of(NODES) {
             if let Some(con) = self.shards[i].con.as_mut() {
