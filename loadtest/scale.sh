@@ -35,106 +35,26 @@ if [[ -n "${WISP_BASE_BIN:-}" && -z "${CONFIGS:-}" ]]; then
     configs="${configs/single base-r1-n1 single/single base-r1-n1}"
 fi
 
-command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
-command -v jq >/dev/null || { echo "jq is not installed" >&2; exit 1; }
-
 # shellcheck source=loadtest/common.sh
 source "$root/loadtest/common.sh"
+require redis-server redis-cli jq curl
 build_tools
 
 ulimit -n "$(ulimit -Hn)"
-rm -rf "$out"
-mkdir -p "$out/logs"
-tmp="$(mktemp -d)"
-
-trap 'stop_started; rm -rf "$tmp"' EXIT
-
-redis_pids=()
-redis_url=""
-# start_redis SHARDS: one server (SHARDS=1) or a cluster of SHARDS masters.
-start_redis() {
-    local shards=$1 port
-    redis_pids=()
-    if [[ "$shards" == 1 ]]; then
-        port="$(free_port)"
-        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-            >"$out/logs/redis-$port.log" 2>&1 &
-        redis_pids+=($!)
-        started+=($!)
-        wait_for "redis-server" redis-cli -p "$port" ping
-        redis_url="--redis redis://127.0.0.1:$port"
-        return
-    fi
-    local addrs=() seeds=()
-    for _ in $(seq "$shards"); do
-        port="$(free_port)"
-        mkdir -p "$tmp/$port"
-        # The bus port defaults to port + 10000, past 65535 for half the ephemeral ports.
-        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-            --cluster-port "$(free_port)" \
-            --cluster-enabled yes --cluster-config-file "$tmp/$port/nodes.conf" \
-            --cluster-node-timeout 1000 --cluster-require-full-coverage no --dir "$tmp/$port" \
-            >"$out/logs/redis-$port.log" 2>&1 &
-        redis_pids+=($!)
-        started+=($!)
-        wait_for "redis-server :$port" redis-cli -p "$port" ping
-        addrs+=("127.0.0.1:$port")
-        seeds+=("redis://127.0.0.1:$port")
-    done
-    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$out/logs/cluster-create.log" 2>&1
-    for a in "${addrs[@]}"; do
-        wait_for "cluster_state:ok on $a" sh -c "redis-cli -p ${a#*:} cluster info | grep -q cluster_state:ok"
-    done
-    redis_url="--redis-cluster $(IFS=,; echo "${seeds[*]}")"
-}
-
-node_ports=()
-node_pids=()
-# start_nodes N BIN
-start_nodes() {
-    local n=$1 bin=$2 port
-    node_ports=()
-    node_pids=()
-    for i in $(seq "$n"); do
-        port="$(free_port)"
-        # shellcheck disable=SC2086
-        "$bin" --bind "127.0.0.1:$port" --rate-limit 0 --max-outbound-bytes 67108864 $redis_url \
-            >"$out/logs/$config-node$i.log" 2>&1 &
-        node_pids+=($!)
-        started+=($!)
-        node_ports+=("$port")
-    done
-    for port in "${node_ports[@]}"; do
-        if [[ -n "$redis_url" ]]; then
-            wait_for "node :$port" sh -c "curl -sf http://127.0.0.1:$port/healthz | grep -q '\"redis\":\"up\"'"
-        else
-            wait_for "node :$port" curl -sf "http://127.0.0.1:$port/healthz"
-        fi
-    done
-}
+fresh_out
 
 for config in $configs; do
     echo "==> $config" >&2
     bin="$wisp_bin"
-    case "$config" in
-    single) redis_url=""; redis_pids=(); nodes=1 ;;
-    base-r1-n1) bin="${WISP_BASE_BIN:?}"; start_redis 1; nodes=1 ;;
-    r1-n*) start_redis 1; nodes="${config#r1-n}" ;;
-    c3-n*) start_redis 3; nodes="${config#c3-n}" ;;
-    *) echo "unknown configuration $config" >&2; exit 2 ;;
-    esac
-    start_nodes "$nodes" "$bin"
-    args=(--url "ws://127.0.0.1:${node_ports[0]}" --server-pid "${node_pids[0]}")
-    for i in "${!node_ports[@]}"; do
-        [[ "$i" == 0 ]] && continue
-        args+=(--also-url "ws://127.0.0.1:${node_ports[$i]}" --also-pid "${node_pids[$i]}")
-    done
-    for p in "${redis_pids[@]}"; do args+=(--also-pid "$p"); done
+    [[ "$config" == base-r1-n1 ]] && bin="${WISP_BASE_BIN:?}"
+    cluster_up "$config" "$bin"
+    nodes=${#node_pids[@]}
+    cluster_args
     for rate in "$low" "$high"; do
         sleep 1
         if ! timeout 180 "$lt" rooms --rooms "$rooms" --per-room "$per_room" --rate "$rate" \
             --duration "$duration" --drain 5 --quiet --label "$config" \
-            --json "$out/$config-$rate.json" "${args[@]}" >"$out/logs/$config-$rate.txt" 2>&1; then
+            --json "$out/$config-$rate.json" "${lt_args[@]}" >"$out/logs/$config-$rate.txt" 2>&1; then
             echo "    wisp-loadtest failed for $config at $rate/s (see $out/logs/$config-$rate.txt)" >&2
         fi
         sed 's/^/    /' "$out/logs/$config-$rate.txt" >&2
@@ -149,8 +69,8 @@ done
     echo "members of each room alternate over the nodes. CPU per post: Δ CPU / Δ posts between the"
     echo "two rates; per delivery: CPU / deliveries at $high msg/s. µs of one core."
     echo
-    echo "| configuration | posts/s | deliveries/s | p99 ms | lost | nodes µs/post (each) | nodes total µs/post | Redis µs/post (each) | Redis total µs/post | all µs/delivery |"
-    echo "|---|---:|---:|---:|---:|---|---:|---|---:|---:|"
+    echo "| configuration | posts/s | deliveries/s | p99 ms | lost | nodes µs/post (each) | nodes total µs/post | Redis µs/post (each) | Redis total µs/post | nodes, Redis µs/post at $high msg/s (absolute) | all µs/delivery |"
+    echo "|---|---:|---:|---:|---:|---|---:|---|---:|---|---:|"
     for config in $configs; do
         lo="$out/$config-$low.json" hi="$out/$config-$high.json"
         [[ -f "$lo" && -f "$hi" ]] || { echo "| $config | (failed) |||||||||"; continue; }
@@ -164,7 +84,8 @@ done
             ($per[0:$nodes]) as $n | ($per[$nodes:]) as $r |
             def f: (. * 10 | round) / 10;
             def add0: if length == 0 then 0 else add end;
-            "| \($config) | \(($h.sent / $h.window_s) | round) | \($h.ops_per_s | round) | \(($h.latency.p99_us / 1000) | f) | \($h.lost) | \($n | map(f | tostring) | join(" + ")) | \($n | add0 | f) | \(if ($r | length) == 0 then "–" else ($r | map(f | tostring) | join(" + ")) end) | \($r | add0 | f) | \((([$hp[].cpu_us // 0] | add) / $h.ops) | f) |"'
+            [range(0; $nodes + $shards) | ($hp[.].cpu_us // 0) / $h.sent] as $abs |
+            "| \($config) | \(($h.sent / $h.window_s) | round) | \($h.ops_per_s | round) | \(($h.latency.p99_us / 1000) | f) | \($h.lost) | \($n | map(f | tostring) | join(" + ")) | \($n | add0 | f) | \(if ($r | length) == 0 then "–" else ($r | map(f | tostring) | join(" + ")) end) | \($r | add0 | f) | \($abs[0:$nodes] | add0 | f), \($abs[$nodes:] | add0 | f) | \((([$hp[].cpu_us // 0] | add) / $h.ops) | f) |"'
     done
 } >"$out/summary.md"
 echo "==> $out/summary.md" >&2
