@@ -281,6 +281,18 @@ fn triples(events: &[Value]) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// The `users` of a `welcome`, sorted.
+fn sorted_users(welcome: &Value) -> Vec<&str> {
+    let mut users: Vec<&str> = welcome["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    users.sort_unstable();
+    users
+}
+
 // ---- tests ------------------------------------------------------------------------------------
 
 #[test]
@@ -365,14 +377,7 @@ fn presence_covers_the_whole_cluster() {
     let (mut alice, w) = Client::join(&n[0], "p", "alice", "");
     assert_eq!(w["users"], serde_json::json!(["alice"]));
     let (mut bob, w) = Client::join(&n[1], "p", "bob", "");
-    let mut users: Vec<&str> = w["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
-    users.sort_unstable();
-    assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(sorted_users(&w), ["alice", "bob"]);
     let j = alice.next_of("join");
     assert_eq!(j["client_id"], "bob");
     // Names are de-duplicated cluster-wide.
@@ -651,14 +656,7 @@ fn a_node_follows_only_the_rooms_its_members_are_in() {
         ids(w["history"].as_array().unwrap()),
         (1..=30).collect::<Vec<u64>>()
     );
-    let mut users: Vec<&str> = w["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
-    users.sort_unstable();
-    assert_eq!(users, ["ann", "bob"]);
+    assert_eq!(sorted_users(&w), ["ann", "bob"]);
     assert_eq!(redis.room_subscribers("busy"), 2);
     a.send("after");
     assert_eq!(b.next_of("message")["id"], 31);
