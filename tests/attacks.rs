@@ -15,6 +15,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -114,20 +115,105 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// After an attack: the daemon is still running, answers `/healthz`, its
-/// rooms carry messages and `/echo` echoes.
-fn alive_and_serving(server: &Server, watch: &mut Watch, ctx: &str) {
-    assert!(
-        rss_kib_of(server.pid()).is_some(),
-        "the daemon is gone after the attack; {ctx}; log tail: {:?}",
-        tail(&server.log())
-    );
-    watch
-        .round()
-        .unwrap_or_else(|e| panic!("after the attack: {e}; {ctx}"));
-    let mut echo = RawWs::connect(server, "/echo");
-    echo.send_text("after the attack");
-    assert_eq!(echo.recv_text(), "after the attack", "{ctx}");
+/// One daemon under attack: an [`RssWatch`] on it, the RSS the attack
+/// started from, its bystanders, and what they saw while it lasted.
+struct Scene<'a> {
+    rss: RssWatch,
+    /// The RSS before the attack, for messages ([`Scene::new`] takes it; a
+    /// test that fills the daemon first takes it again after the fill).
+    base: u64,
+    watch: Watch<'a>,
+    /// Set when the attack is over: ends the pump and whatever else the
+    /// attacker runs alongside.
+    stop: Arc<AtomicBool>,
+    /// Whether the bystanders were served promptly while the attack lasted.
+    seen: Result<(), String>,
+}
+
+impl<'a> Scene<'a> {
+    fn new(server: &'a Server) -> Scene<'a> {
+        let rss = RssWatch::start(server, KILL_CAP_KIB);
+        let base = server.rss_kib();
+        Scene {
+            rss,
+            base,
+            watch: Watch::join(server),
+            stop: Arc::new(AtomicBool::new(false)),
+            seen: Ok(()),
+        }
+    }
+
+    /// The bystanders take rounds (see [`Watch::during`]) while the attack
+    /// runs, until `done()`.
+    fn during(&mut self, min: Duration, max: Duration, done: impl Fn() -> bool) {
+        self.seen = self.watch.during(min, max, done);
+    }
+
+    /// One bystander round after step `after` of an attack, unless one
+    /// already failed.
+    fn round_after(&mut self, after: &str) {
+        if self.seen.is_ok() {
+            self.seen = self
+                .watch
+                .round()
+                .map_err(|e| format!("{e} (after {after})"));
+        }
+    }
+
+    /// The attack: writes `chunk` over and over into `stream` (never reading),
+    /// up to `total` bytes, from a thread of its own, while the bystanders
+    /// take rounds for `min` to `max`; then stops it and hands back what it
+    /// pumped and the stream.
+    fn pump(
+        &mut self,
+        stream: TcpStream,
+        chunk: Vec<u8>,
+        total: u64,
+        min: Duration,
+        max: Duration,
+    ) -> (Pumped, TcpStream) {
+        let attack = pump_in_background(stream, chunk, total, self.stop.clone());
+        self.during(min, max, || attack.is_finished());
+        self.stop.store(true, Ordering::Relaxed);
+        attack.join().expect("attacker")
+    }
+
+    /// The daemon's peak RSS, the bystanders' rounds and their verdict, for
+    /// messages.
+    fn report(&self) -> String {
+        format!(
+            "{}; {}; {}",
+            rss_line(&self.rss, self.base),
+            self.watch.summary(),
+            verdict(&self.seen)
+        )
+    }
+
+    /// The daemon held: its RSS stayed under `bound_kib` and the bystanders
+    /// were served promptly throughout.
+    fn assert_held(&self, bound_kib: u64, ctx: &str) {
+        assert_rss_under(&self.rss, bound_kib, ctx);
+        if let Err(e) = &self.seen {
+            panic!("{e}; {ctx}");
+        }
+    }
+
+    /// After the attack: the daemon is still running, answers `/healthz`,
+    /// its rooms carry messages and `/echo` echoes.
+    fn alive_and_serving(&mut self, ctx: &str) {
+        let server = self.watch.server;
+        assert!(
+            rss_kib_of(server.pid()).is_some(),
+            "the daemon is gone after the attack; {ctx}; log tail: {:?}",
+            tail(&server.log())
+        );
+        self.watch
+            .round()
+            .unwrap_or_else(|e| panic!("after the attack: {e}; {ctx}"));
+        let mut echo = RawWs::connect(server, "/echo");
+        echo.send_text("after the attack");
+        assert_eq!(echo.recv_text(), "after the attack", "{ctx}");
+    }
 }
 
 /// The bystanders' verdict, for messages.
@@ -272,49 +358,40 @@ fn post(raw: &mut RawWs, text: &str) -> serde_json::Value {
 #[test]
 fn pipelined_get_flood_without_reading_is_bounded() {
     let server = Server::start(&[]);
-    let rss = RssWatch::start(&server, KILL_CAP_KIB);
-    let base = server.rss_kib();
-    let mut watch = Watch::join(&server);
+    let mut scene = Scene::new(&server);
     let before = server.metric("wisp_http_requests_total");
 
     let stream = connect_tuned(lo(2), server.addr, Some(4096), None).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
     const REQUESTS: u64 = 300_000;
     let req = b"GET / HTTP/1.1\r\n\r\n";
-    let attack = pump_in_background(
+    let (pumped, stream) = scene.pump(
         stream,
         chunk_of(req),
         REQUESTS * req.len() as u64,
-        stop.clone(),
+        Duration::from_secs(6),
+        Duration::from_secs(12),
     );
-    let seen = watch.during(Duration::from_secs(6), Duration::from_secs(12), || {
-        attack.is_finished()
-    });
-    stop.store(true, Ordering::Relaxed);
-    let (pumped, stream) = attack.join().expect("attacker");
     let ctx = format!(
-        "attacker wrote {} requests ({:?} after {:.1} s); {}; {}; {}",
+        "attacker wrote {} requests ({:?} after {:.1} s); {}",
         pumped.accepted / req.len() as u64,
         pumped.end,
         pumped.elapsed.as_secs_f64(),
-        rss_line(&rss, base),
-        watch.summary(),
-        verdict(&seen)
+        scene.report()
     );
     println!("pipelined GET: {ctx}");
-    assert_rss_under(&rss, 64 * 1024, &ctx);
-    seen.unwrap_or_else(|e| panic!("{e}; {ctx}"));
+    scene.assert_held(64 * 1024, &ctx);
     // Backpressure: while the attacker does not read, the daemon answers no
     // more than its output budget and the socket buffers hold (a few MiB of
     // pages), not the pipeline (241,000 requests, gigabytes of answers).
-    let answered = server.metric("wisp_http_requests_total") - before - f64::from(watch.rounds);
+    let answered =
+        server.metric("wisp_http_requests_total") - before - f64::from(scene.watch.rounds);
     let page = server.get("/").body.len() as f64 + 200.0;
     assert!(
         answered * page < 16.0 * MIB as f64,
         "{answered} of the pipelined requests answered ({page} bytes each) to a client that reads nothing; {ctx}"
     );
     drop(stream);
-    alive_and_serving(&server, &mut watch, &ctx);
+    scene.alive_and_serving(&ctx);
 }
 
 /// A connection paused with pipelined requests in its tail, then read a little and paused again,
@@ -323,18 +400,14 @@ fn pipelined_get_flood_without_reading_is_bounded() {
 #[test]
 fn pipelined_requests_read_slowly_keep_the_tail_bounded() {
     let server = Server::start(&[]);
-    let rss = RssWatch::start(&server, KILL_CAP_KIB);
-    let base = server.rss_kib();
-    let mut watch = Watch::join(&server);
+    let mut scene = Scene::new(&server);
 
     let stream = connect_tuned(lo(20), server.addr, Some(4096), None).unwrap();
     let mut reader = stream.try_clone().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
     let req = b"GET / HTTP/1.1\r\n\r\n";
-    let attack = pump_in_background(stream, chunk_of(req), 64 * MIB, stop.clone());
     // Read slowly (about 400 KB/s): the daemon pauses and resumes this connection many times.
     let slow = {
-        let stop = stop.clone();
+        let stop = scene.stop.clone();
         thread::spawn(move || {
             let _ = reader.set_read_timeout(Some(Duration::from_millis(200)));
             let mut buf = vec![0u8; 4096];
@@ -350,26 +423,25 @@ fn pipelined_requests_read_slowly_keep_the_tail_bounded() {
             total
         })
     };
-    let seen = watch.during(Duration::from_secs(6), Duration::from_secs(12), || {
-        attack.is_finished()
-    });
-    stop.store(true, Ordering::Relaxed);
-    let (pumped, stream) = attack.join().expect("attacker");
+    let (pumped, stream) = scene.pump(
+        stream,
+        chunk_of(req),
+        64 * MIB,
+        Duration::from_secs(6),
+        Duration::from_secs(12),
+    );
     let read = slow.join().expect("reader");
     let ctx = format!(
-        "attacker wrote {} requests ({:?}), read {read} bytes of answers; {}; {}; {}",
+        "attacker wrote {} requests ({:?}), read {read} bytes of answers; {}",
         pumped.accepted / req.len() as u64,
         pumped.end,
-        rss_line(&rss, base),
-        watch.summary(),
-        verdict(&seen)
+        scene.report()
     );
     println!("pipelined, read slowly: {ctx}");
     assert!(read > 1_000_000, "the slow reader was answered: {ctx}");
-    assert_rss_under(&rss, 64 * 1024, &ctx);
-    seen.unwrap_or_else(|e| panic!("{e}; {ctx}"));
+    scene.assert_held(64 * 1024, &ctx);
     drop(stream);
-    alive_and_serving(&server, &mut watch, &ctx);
+    scene.alive_and_serving(&ctx);
 }
 
 /// Old daemon: every ping queued a pong and the read loop held the turn
@@ -377,34 +449,29 @@ fn pipelined_requests_read_slowly_keep_the_tail_bounded() {
 #[test]
 fn ping_flood_without_reading_pongs_is_bounded() {
     let server = Server::start(&[]);
-    let rss = RssWatch::start(&server, KILL_CAP_KIB);
-    let base = server.rss_kib();
-    let mut watch = Watch::join(&server);
+    let mut scene = Scene::new(&server);
 
     let stream = connect_tuned(lo(3), server.addr, Some(4096), None).unwrap();
     let mut pinger = RawWs::connect_from(HttpConn::from_stream(stream), server.addr, "/echo");
     let writer = pinger.conn.stream.try_clone().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
     let ping = masked_frame(OpCode::Ping, b"");
-    let attack = pump_in_background(writer, chunk_of(&ping), 300 * MIB, stop.clone());
-    let seen = watch.during(Duration::from_secs(3), Duration::from_secs(14), || {
-        attack.is_finished()
-    });
-    stop.store(true, Ordering::Relaxed);
-    let (pumped, _) = attack.join().expect("attacker");
+    let (pumped, _) = scene.pump(
+        writer,
+        chunk_of(&ping),
+        300 * MIB,
+        Duration::from_secs(3),
+        Duration::from_secs(14),
+    );
     let pings = pumped.accepted / ping.len() as u64;
     let ctx0 = format!(
-        "attacker wrote {} MiB = {pings} pings ({:?} after {:.1} s); {}; {}; {}",
+        "attacker wrote {} MiB = {pings} pings ({:?} after {:.1} s); {}",
         pumped.accepted / MIB,
         pumped.end,
         pumped.elapsed.as_secs_f64(),
-        rss_line(&rss, base),
-        watch.summary(),
-        verdict(&seen)
+        scene.report()
     );
     println!("ping flood: {ctx0}");
-    assert_rss_under(&rss, 64 * 1024, &ctx0);
-    seen.unwrap_or_else(|e| panic!("{e}; {ctx0}"));
+    scene.assert_held(64 * 1024, &ctx0);
     // Now the pinger reads what it was sent: coalesced pongs, at most one
     // per read batch (here: at least one per 600 bytes of pings read).
     let got = drain(&mut pinger, Duration::from_secs(1), Duration::from_secs(15));
@@ -416,7 +483,7 @@ fn ping_flood_without_reading_pongs_is_bounded() {
         got.pongs
     );
     drop(pinger);
-    alive_and_serving(&server, &mut watch, &ctx);
+    scene.alive_and_serving(&ctx);
 }
 
 /// Old daemon: each message over the rate limit queued its own
@@ -424,9 +491,7 @@ fn ping_flood_without_reading_pongs_is_bounded() {
 #[test]
 fn message_flood_over_the_rate_limit_gets_one_error_per_refill() {
     let server = Server::start(&[]);
-    let rss = RssWatch::start(&server, KILL_CAP_KIB);
-    let base = server.rss_kib();
-    let mut watch = Watch::join(&server);
+    let mut scene = Scene::new(&server);
 
     let stream = connect_tuned(lo(4), server.addr, Some(4096), None).unwrap();
     let mut flooder = RawWs::connect_from(
@@ -435,27 +500,24 @@ fn message_flood_over_the_rate_limit_gets_one_error_per_refill() {
         "/ws/flooded/mallory",
     );
     let writer = flooder.conn.stream.try_clone().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
     let msg = masked_frame(OpCode::Text, b"x");
     let started = Instant::now();
-    let attack = pump_in_background(writer, chunk_of(&msg), 100 * MIB, stop.clone());
-    let seen = watch.during(Duration::from_secs(3), Duration::from_secs(14), || {
-        attack.is_finished()
-    });
-    stop.store(true, Ordering::Relaxed);
-    let (pumped, _) = attack.join().expect("attacker");
+    let (pumped, _) = scene.pump(
+        writer,
+        chunk_of(&msg),
+        100 * MIB,
+        Duration::from_secs(3),
+        Duration::from_secs(14),
+    );
     let ctx0 = format!(
-        "attacker wrote {} messages ({:?} after {:.1} s); {}; {}; {}",
+        "attacker wrote {} messages ({:?} after {:.1} s); {}",
         pumped.accepted / msg.len() as u64,
         pumped.end,
         pumped.elapsed.as_secs_f64(),
-        rss_line(&rss, base),
-        watch.summary(),
-        verdict(&seen)
+        scene.report()
     );
     println!("message flood: {ctx0}");
-    assert_rss_under(&rss, 64 * 1024, &ctx0);
-    seen.unwrap_or_else(|e| panic!("{e}; {ctx0}"));
+    scene.assert_held(64 * 1024, &ctx0);
     let got = drain(
         &mut flooder,
         Duration::from_secs(1),
@@ -480,7 +542,7 @@ fn message_flood_over_the_rate_limit_gets_one_error_per_refill() {
         got.messages
     );
     drop(flooder);
-    alive_and_serving(&server, &mut watch, &ctx);
+    scene.alive_and_serving(&ctx);
 }
 
 /// Old daemon: each `GET /messages` rendered the whole global history (here
@@ -489,8 +551,7 @@ fn message_flood_over_the_rate_limit_gets_one_error_per_refill() {
 #[test]
 fn pipelined_history_gets_on_a_control_character_history_are_bounded() {
     let server = Server::start(&["--rate-limit", "0"]);
-    let rss = RssWatch::start(&server, KILL_CAP_KIB);
-    let mut watch = Watch::join(&server);
+    let mut scene = Scene::new(&server);
     // Fill: 4 addresses x 75 messages, under the per-address limit (300/60).
     let text = "\u{1}".repeat(16_000);
     for x in 10..14 {
@@ -501,37 +562,30 @@ fn pipelined_history_gets_on_a_control_character_history_are_bounded() {
             assert_eq!(filler.recv_text().len(), text.len(), "global echo");
         }
     }
-    let base = server.rss_kib();
+    scene.base = server.rss_kib();
     let before = server.metric("wisp_http_requests_total");
 
     let stream = connect_tuned(lo(5), server.addr, Some(4096), None).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
     let req = b"GET /messages HTTP/1.1\r\nHost: t\r\n\r\n";
     const REQUESTS: u64 = 2000;
-    let attack = pump_in_background(
+    let (pumped, stream) = scene.pump(
         stream,
         req.repeat(100),
         REQUESTS * req.len() as u64,
-        stop.clone(),
+        Duration::from_secs(6),
+        Duration::from_secs(12),
     );
-    let seen = watch.during(Duration::from_secs(6), Duration::from_secs(12), || {
-        attack.is_finished()
-    });
-    stop.store(true, Ordering::Relaxed);
-    let (pumped, stream) = attack.join().expect("attacker");
     let ctx = format!(
-        "attacker wrote {} requests ({:?}); {}; {}; {}",
+        "attacker wrote {} requests ({:?}); {}",
         pumped.accepted / req.len() as u64,
         pumped.end,
-        rss_line(&rss, base),
-        watch.summary(),
-        verdict(&seen)
+        scene.report()
     );
     println!("pipelined /messages: {ctx}");
     // 4.8 MB of history (29 MB as JSON) plus the attacker's budget.
-    assert_rss_under(&rss, 96 * 1024, &ctx);
-    seen.unwrap_or_else(|e| panic!("{e}; {ctx}"));
-    let answered = server.metric("wisp_http_requests_total") - before - f64::from(watch.rounds);
+    scene.assert_held(96 * 1024, &ctx);
+    let answered =
+        server.metric("wisp_http_requests_total") - before - f64::from(scene.watch.rounds);
     assert!(
         answered < 200.0,
         "{answered} of the pipelined history requests answered to a client that reads nothing; {ctx}"
@@ -559,7 +613,7 @@ fn pipelined_history_gets_on_a_control_character_history_are_bounded() {
         Err(e) => println!("pipelined /messages: attacker's first answer not readable: {e}"),
     }
     drop(c);
-    alive_and_serving(&server, &mut watch, &ctx);
+    scene.alive_and_serving(&ctx);
 }
 
 /// Old daemon: a room holding 99 messages of 65,000 bytes made a `welcome`
@@ -567,8 +621,7 @@ fn pipelined_history_gets_on_a_control_character_history_are_bounded() {
 #[test]
 fn big_room_history_does_not_lock_out_a_joiner() {
     let server = Server::start(&[]);
-    let rss = RssWatch::start(&server, KILL_CAP_KIB);
-    let mut watch = Watch::join(&server);
+    let mut scene = Scene::new(&server);
     let mut poster = join_raw(&server, lo(6), "/ws/big/poster");
     let mut posted = Vec::new();
     for i in 1..=99 {
@@ -577,7 +630,7 @@ fn big_room_history_does_not_lock_out_a_joiner() {
         posted.push(post(&mut poster, &text)["id"].as_u64().unwrap());
     }
     assert_eq!(posted, (1..=99).collect::<Vec<u64>>());
-    let base = server.rss_kib();
+    scene.base = server.rss_kib();
 
     let addr = server.addr;
     let joiner = thread::spawn(move || -> Result<(usize, Vec<u64>), String> {
@@ -627,7 +680,7 @@ fn big_room_history_does_not_lock_out_a_joiner() {
         }
         Ok((welcome_len.unwrap_or(0), ids))
     });
-    let seen = watch.during(Duration::from_secs(1), Duration::from_secs(20), || {
+    scene.during(Duration::from_secs(1), Duration::from_secs(20), || {
         joiner.is_finished()
     });
     let got = joiner.join().unwrap_or_else(|p| {
@@ -639,12 +692,7 @@ fn big_room_history_does_not_lock_out_a_joiner() {
                 .unwrap_or_default()
         ))
     });
-    let ctx = format!(
-        "{}; {}; {}",
-        rss_line(&rss, base),
-        watch.summary(),
-        verdict(&seen)
-    );
+    let ctx = scene.report();
     println!("big welcome: joiner {:?}; {ctx}", got.as_ref().map(|g| g.0));
     let (welcome_len, ids) = got.unwrap_or_else(|e| panic!("the joiner: {e}; {ctx}"));
     assert_eq!(ids, (1..=99).collect::<Vec<u64>>(), "{ctx}");
@@ -652,9 +700,8 @@ fn big_room_history_does_not_lock_out_a_joiner() {
         welcome_len <= 256 * 1024 + 70_000,
         "welcome of {welcome_len} bytes, want it cut at ~256 KiB; {ctx}"
     );
-    assert_rss_under(&rss, 64 * 1024, &ctx);
-    seen.unwrap_or_else(|e| panic!("{e}; {ctx}"));
-    alive_and_serving(&server, &mut watch, &ctx);
+    scene.assert_held(64 * 1024, &ctx);
+    scene.alive_and_serving(&ctx);
 }
 
 /// What one connection got when it tried to store messages in a room.
@@ -706,14 +753,11 @@ fn filling_many_rooms_is_bounded_by_history_max_bytes_and_the_per_address_limit(
     const BUDGET: u64 = 8 * MIB;
     let budget = BUDGET.to_string();
     let server = Server::start(&["--history-max-bytes", &budget]);
-    let rss = RssWatch::start(&server, KILL_CAP_KIB);
-    let base = server.rss_kib();
-    let mut watch = Watch::join(&server);
+    let mut scene = Scene::new(&server);
     let started = Instant::now();
 
     // One address, a new connection per room: the per-address bucket
     // (300/60) is not refilled by reconnecting.
-    let mut seen = Ok(());
     let mut one = Vec::new();
     for r in 0..6 {
         one.push(fill_room(
@@ -723,9 +767,7 @@ fn filling_many_rooms_is_bounded_by_history_max_bytes_and_the_per_address_limit(
             100,
             65_000,
         ));
-        if seen.is_ok() {
-            seen = watch.round().map_err(|e| format!("{e} (after room a{r})"));
-        }
+        scene.round_after(&format!("room a{r}"));
     }
     let one_secs = started.elapsed().as_secs_f64();
     // Then more addresses, each within its own limits: 1,200 more messages.
@@ -739,11 +781,7 @@ fn filling_many_rooms_is_bounded_by_history_max_bytes_and_the_per_address_limit(
                 100,
                 65_000,
             ));
-            if seen.is_ok() {
-                seen = watch
-                    .round()
-                    .map_err(|e| format!("{e} (after room b{x}-{r})"));
-            }
+            scene.round_after(&format!("room b{x}-{r}"));
         }
     }
     let from_one: u64 = one.iter().map(|f| f.accepted).sum();
@@ -752,18 +790,15 @@ fn filling_many_rooms_is_bounded_by_history_max_bytes_and_the_per_address_limit(
     let dropped = server.metric("wisp_history_dropped_total");
     let ctx = format!(
         "one address stored {from_one} ({:?}), {stored} stored in all ({} MB raw); \
-         wisp_history_bytes {history_bytes}, wisp_history_dropped_total {dropped}; {}; {}; {}",
+         wisp_history_bytes {history_bytes}, wisp_history_dropped_total {dropped}; {}",
         one.iter().map(|f| f.accepted).collect::<Vec<_>>(),
         stored * 65_000 / 1_000_000,
-        rss_line(&rss, base),
-        watch.summary(),
-        verdict(&seen)
+        scene.report()
     );
     println!("fill: {ctx}");
     // Budget plus 64 MiB for the daemon itself, one echo in flight per
     // connection and the allocator's slack.
-    assert_rss_under(&rss, (BUDGET + 64 * MIB) / 1024, &ctx);
-    seen.unwrap_or_else(|e| panic!("{e}; {ctx}"));
+    scene.assert_held((BUDGET + 64 * MIB) / 1024, &ctx);
     assert!(
         history_bytes > 0.0 && history_bytes <= BUDGET as f64,
         "wisp_history_bytes {history_bytes} not within the budget {BUDGET}; {ctx}"
@@ -786,7 +821,7 @@ fn filling_many_rooms_is_bounded_by_history_max_bytes_and_the_per_address_limit(
         one.iter().chain(&many).all(|f| f.closed.is_none()),
         "a filler that reads its echoes was closed; {ctx}"
     );
-    alive_and_serving(&server, &mut watch, &ctx);
+    scene.alive_and_serving(&ctx);
 }
 
 /// Sends `n` short messages from a fresh connection and counts how many were

@@ -281,6 +281,18 @@ fn triples(events: &[Value]) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// The `users` of a `welcome`, sorted.
+fn sorted_users(welcome: &Value) -> Vec<&str> {
+    let mut users: Vec<&str> = welcome["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    users.sort_unstable();
+    users
+}
+
 // ---- tests ------------------------------------------------------------------------------------
 
 #[test]
@@ -365,14 +377,7 @@ fn presence_covers_the_whole_cluster() {
     let (mut alice, w) = Client::join(&n[0], "p", "alice", "");
     assert_eq!(w["users"], serde_json::json!(["alice"]));
     let (mut bob, w) = Client::join(&n[1], "p", "bob", "");
-    let mut users: Vec<&str> = w["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
-    users.sort_unstable();
-    assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(sorted_users(&w), ["alice", "bob"]);
     let j = alice.next_of("join");
     assert_eq!(j["client_id"], "bob");
     // Names are de-duplicated cluster-wide.
@@ -651,14 +656,7 @@ fn a_node_follows_only_the_rooms_its_members_are_in() {
         ids(w["history"].as_array().unwrap()),
         (1..=30).collect::<Vec<u64>>()
     );
-    let mut users: Vec<&str> = w["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
-    users.sort_unstable();
-    assert_eq!(users, ["ann", "bob"]);
+    assert_eq!(sorted_users(&w), ["ann", "bob"]);
     assert_eq!(redis.room_subscribers("busy"), 2);
     a.send("after");
     assert_eq!(b.next_of("message")["id"], 31);
@@ -734,8 +732,10 @@ fn a_view_redis_does_not_answer_in_time_gets_504() {
 
 // ---- Redis Cluster ------------------------------------------------------------------------------
 
-/// `n` daemons on the Redis Cluster, each waited for until `/healthz` says Redis is up.
-fn cluster_nodes(cluster: &redis_cluster::RedisCluster, n: usize) -> Vec<Server> {
+/// A Redis Cluster for `test` and `n` daemons on it, each waited for until `/healthz` says Redis is
+/// up; `None` (with a notice) when `redis-server` is not installed.
+fn cluster_nodes(test: &str, n: usize) -> Option<(redis_cluster::RedisCluster, Vec<Server>)> {
+    let cluster = redis_cluster::RedisCluster::start(test)?;
     let seeds: Vec<String> = cluster
         .seeds()
         .iter()
@@ -754,7 +754,7 @@ fn cluster_nodes(cluster: &redis_cluster::RedisCluster, n: usize) -> Vec<Server>
     for s in &servers {
         wait_redis(s, "up");
     }
-    servers
+    Some((cluster, servers))
 }
 
 /// The slot of `room`'s keys.
@@ -775,12 +775,9 @@ fn room_on(cluster: &redis_cluster::RedisCluster, master: &str, prefix: &str) ->
 /// history from the right shard, and the global channel spans the nodes.
 #[test]
 fn a_redis_cluster_serves_rooms_on_every_shard() {
-    let Some(cluster) =
-        redis_cluster::RedisCluster::start("a_redis_cluster_serves_rooms_on_every_shard")
-    else {
+    let Some((cluster, n)) = cluster_nodes("a_redis_cluster_serves_rooms_on_every_shard", 3) else {
         return;
     };
-    let n = cluster_nodes(&cluster, 3);
     let masters = cluster.masters();
     assert_eq!(masters.len(), 3);
     let rooms: Vec<String> = masters
@@ -855,12 +852,11 @@ fn a_redis_cluster_serves_rooms_on_every_shard() {
 /// `recovered: true` only if nothing it missed is gone.
 #[test]
 fn a_failover_stalls_only_the_rooms_of_the_failed_shard() {
-    let Some(mut cluster) =
-        redis_cluster::RedisCluster::start("a_failover_stalls_only_the_rooms_of_the_failed_shard")
+    let Some((mut cluster, n)) =
+        cluster_nodes("a_failover_stalls_only_the_rooms_of_the_failed_shard", 2)
     else {
         return;
     };
-    let n = cluster_nodes(&cluster, 2);
     let masters = cluster.masters();
     let failing = room_on(&cluster, &masters[0], "fail");
     let healthy = room_on(&cluster, &masters[1], "calm");
@@ -956,12 +952,10 @@ fn a_failover_stalls_only_the_rooms_of_the_failed_shard() {
 /// nodes, once, in order, with consecutive ids.
 #[test]
 fn a_slot_migrated_while_its_room_chats_loses_nothing() {
-    let Some(cluster) =
-        redis_cluster::RedisCluster::start("a_slot_migrated_while_its_room_chats_loses_nothing")
+    let Some((cluster, n)) = cluster_nodes("a_slot_migrated_while_its_room_chats_loses_nothing", 2)
     else {
         return;
     };
-    let n = cluster_nodes(&cluster, 2);
     let masters = cluster.masters();
     let room = room_on(&cluster, &masters[0], "move");
     let (mut a, _) = Client::join(&n[0], &room, "ann", "");
@@ -991,12 +985,11 @@ fn a_slot_migrated_while_its_room_chats_loses_nothing() {
 /// A daemon killed: its members leave the rooms on every shard within seconds.
 #[test]
 fn a_killed_node_leaves_presence_on_a_redis_cluster() {
-    let Some(cluster) =
-        redis_cluster::RedisCluster::start("a_killed_node_leaves_presence_on_a_redis_cluster")
+    let Some((cluster, mut n)) =
+        cluster_nodes("a_killed_node_leaves_presence_on_a_redis_cluster", 2)
     else {
         return;
     };
-    let mut n = cluster_nodes(&cluster, 2);
     let masters = cluster.masters();
     let mut watchers = Vec::new();
     for m in &masters {

@@ -104,17 +104,13 @@ pub(crate) fn message(
     content: &str,
     at: Micros,
 ) -> EventFrame {
-    let times = pool.times;
-    pool.build(|out| {
+    room_event(pool, at, |out| {
         out.extend_from_slice(br#"{"type":"message","id":"#);
         push_u64(out, id);
-        out.extend_from_slice(br#","room_id":"#);
-        push_json_str(out, room_id);
-        out.extend_from_slice(br#","client_id":"#);
-        push_json_str(out, client_id);
+        out.push(b',');
+        push_room_and_client(out, room_id, client_id);
         out.extend_from_slice(br#","content":"#);
         push_json_str(out, content);
-        push_timestamp_field(out, at, times);
     })
 }
 
@@ -126,29 +122,23 @@ pub(crate) fn presence(
     client_id: &str,
     at: Micros,
 ) -> EventFrame {
-    let times = pool.times;
-    pool.build(|out| {
+    room_event(pool, at, |out| {
         out.extend_from_slice(match kind {
-            Presence::Join => br#"{"type":"join","room_id":"#,
-            Presence::Leave => br#"{"type":"leave","room_id":"#,
+            Presence::Join => br#"{"type":"join","#,
+            Presence::Leave => br#"{"type":"leave","#,
         });
-        push_json_str(out, room_id);
-        out.extend_from_slice(br#","client_id":"#);
-        push_json_str(out, client_id);
-        push_timestamp_field(out, at, times);
+        push_room_and_client(out, room_id, client_id);
     })
 }
 
 /// `{"type":"system","room_id","client_id":"system","content","timestamp"}`: a line the seed rooms
 /// app's client draws as a card (`--compat fastapi`), in the field order of its `event()`.
 pub(crate) fn system(pool: &mut FramePool, room_id: &str, content: &str, at: Micros) -> EventFrame {
-    let times = pool.times;
-    pool.build(|out| {
+    room_event(pool, at, |out| {
         out.extend_from_slice(br#"{"type":"system","room_id":"#);
         push_json_str(out, room_id);
         out.extend_from_slice(br#","client_id":"system","content":"#);
         push_json_str(out, content);
-        push_timestamp_field(out, at, times);
     })
 }
 
@@ -159,8 +149,7 @@ pub(crate) fn presence_list<'u>(
     users: impl Iterator<Item = &'u str>,
     at: Micros,
 ) -> EventFrame {
-    let times = pool.times;
-    pool.build(|out| {
+    room_event(pool, at, |out| {
         out.extend_from_slice(br#"{"type":"presence","users":["#);
         for (i, name) in users.enumerate() {
             if i > 0 {
@@ -169,7 +158,6 @@ pub(crate) fn presence_list<'u>(
             push_json_str(out, name);
         }
         out.push(b']');
-        push_timestamp_field(out, at, times);
     })
 }
 
@@ -180,14 +168,29 @@ pub(crate) fn typing(
     client_id: &str,
     at: Micros,
 ) -> EventFrame {
+    room_event(pool, at, |out| {
+        out.extend_from_slice(br#"{"type":"typing","#);
+        push_room_and_client(out, room_id, client_id);
+    })
+}
+
+/// A room event framed in `pool`: `write` puts every field but the last, then
+/// [`push_timestamp_field`] adds `timestamp` (in the pool's [`TimeForm`]) and closes the object.
+fn room_event(pool: &mut FramePool, at: Micros, write: impl FnOnce(&mut Vec<u8>)) -> EventFrame {
     let times = pool.times;
     pool.build(|out| {
-        out.extend_from_slice(br#"{"type":"typing","room_id":"#);
-        push_json_str(out, room_id);
-        out.extend_from_slice(br#","client_id":"#);
-        push_json_str(out, client_id);
+        write(out);
         push_timestamp_field(out, at, times);
     })
+}
+
+/// `"room_id":ROOM,"client_id":CLIENT`: the two fields every event about one member has
+/// (`message`, `join`, `leave`, `typing`), in that order.
+fn push_room_and_client(out: &mut Vec<u8>, room_id: &str, client_id: &str) {
+    out.extend_from_slice(br#""room_id":"#);
+    push_json_str(out, room_id);
+    out.extend_from_slice(br#","client_id":"#);
+    push_json_str(out, client_id);
 }
 
 /// `,"timestamp":"…"}`: the last field of the room events.
@@ -520,6 +523,51 @@ mod tests {
                 json!({"type": name, "room_id": "r", "client_id": "bob#2",
                        "timestamp": "2026-11-21T10:00:00.123456Z"})
             );
+        }
+    }
+
+    /// The hand-written room events, byte for byte, in both timestamp forms.
+    #[test]
+    fn room_event_bytes() {
+        for (times, at) in [
+            (TimeForm::Rfc3339, "2026-11-21T10:00:00.123456Z"),
+            (TimeForm::Python, "2026-11-21T10:00:00.123456+00:00"),
+        ] {
+            let mut pool = FramePool::default();
+            pool.times = times;
+            let cases = [
+                (
+                    message(&mut pool, 7, "r\n", "a\"b", "hi\\", AT),
+                    r#"{"type":"message","id":7,"room_id":"r\n","client_id":"a\"b","content":"hi\\""#,
+                ),
+                (
+                    presence(&mut pool, Presence::Join, "r\n", "a\"b", AT),
+                    r#"{"type":"join","room_id":"r\n","client_id":"a\"b""#,
+                ),
+                (
+                    presence(&mut pool, Presence::Leave, "r", "b", AT),
+                    r#"{"type":"leave","room_id":"r","client_id":"b""#,
+                ),
+                (
+                    typing(&mut pool, "r\n", "a\"b", AT),
+                    r#"{"type":"typing","room_id":"r\n","client_id":"a\"b""#,
+                ),
+                (
+                    system(&mut pool, "r", "a\"b joined", AT),
+                    r#"{"type":"system","room_id":"r","client_id":"system","content":"a\"b joined""#,
+                ),
+                (
+                    presence_list(&mut pool, ["a", "b\n"].into_iter(), AT),
+                    r#"{"type":"presence","users":["a","b\n"]"#,
+                ),
+                (
+                    presence_list(&mut pool, std::iter::empty(), AT),
+                    r#"{"type":"presence","users":[]"#,
+                ),
+            ];
+            for (event, head) in cases {
+                assert_eq!(event.text(), format!(r#"{head},"timestamp":"{at}"}}"#));
+            }
         }
     }
 

@@ -309,39 +309,44 @@ impl HttpConn {
         }
     }
 
+    /// Takes a complete response head (and no body) off the front of `buf`:
+    /// `None` while it is still partial.
+    fn take_head(&mut self) -> Result<Option<Response>, httparse::Error> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(n) = resp.parse(&self.buf)? else {
+            return Ok(None);
+        };
+        let out = Response {
+            status: resp.code.unwrap_or(0),
+            head: String::from_utf8_lossy(&self.buf[..n]).into_owned(),
+            headers: resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: Vec::new(),
+        };
+        self.buf.drain(..n);
+        Ok(Some(out))
+    }
+
     /// Reads a response head (and no body).
     pub fn read_head(&mut self) -> Response {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&self.buf).expect("a valid HTTP response") {
-                httparse::Status::Complete(n) => {
-                    let out = Response {
-                        status: resp.code.unwrap(),
-                        head: String::from_utf8_lossy(&self.buf[..n]).into_owned(),
-                        headers: resp
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_string(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
-                            .collect(),
-                        body: Vec::new(),
-                    };
-                    self.buf.drain(..n);
-                    return out;
-                }
-                httparse::Status::Partial => {
-                    assert!(
-                        self.fill(),
-                        "EOF inside a response head: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    );
-                }
+            if let Some(r) = self.take_head().expect("a valid HTTP response") {
+                return r;
             }
+            assert!(
+                self.fill(),
+                "EOF inside a response head: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
         }
     }
 
@@ -930,31 +935,9 @@ impl HttpConn {
         let mut head: Option<Response> = None;
         loop {
             if head.is_none() {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let r = Response {
-                            status: resp.code.unwrap_or(0),
-                            head: String::from_utf8_lossy(&self.buf[..n]).into_owned(),
-                            headers: resp
-                                .headers
-                                .iter()
-                                .map(|h| {
-                                    (
-                                        h.name.to_string(),
-                                        String::from_utf8_lossy(h.value).into_owned(),
-                                    )
-                                })
-                                .collect(),
-                            body: Vec::new(),
-                        };
-                        self.buf.drain(..n);
-                        head = Some(r);
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(format!("not an HTTP response: {e}")),
-                }
+                head = self
+                    .take_head()
+                    .map_err(|e| format!("not an HTTP response: {e}"))?;
             }
             if let Some(r) = head.as_mut() {
                 let len = r.content_length().unwrap_or(0);

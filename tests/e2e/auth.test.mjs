@@ -6,19 +6,13 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { BIN, eventually, startDaemon, stopDaemon, launchChromium } from './helpers.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const BIN = process.env.WISP_BIN
-  ? path.resolve(process.env.WISP_BIN)
-  : path.resolve(here, '../../target/debug/wisp');
-const CHROMIUM = process.env.WISP_CHROMIUM || '/usr/bin/chromium';
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wisp-e2e-auth-'));
 const SECRET = path.join(dir, 'secret');
 fs.writeFileSync(SECRET, 'e2e-secret-e2e-secret-e2e-secret-0123456789\n');
@@ -30,38 +24,6 @@ const pageErrors = [];
 function mint(sub, ttl) {
   return execFileSync(BIN, ['token', '--secret-file', SECRET, '--sub', sub, '--rooms', 'lobby',
     '--ttl', String(ttl)], { encoding: 'utf8' }).trim();
-}
-
-async function eventually(fn, { timeout = 5000, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() >= deadline) {
-        err.message = `timed out after ${timeout} ms waiting for ${what}: ${err.message}`;
-        throw err;
-      }
-    }
-    await sleep(50);
-  }
-}
-
-function startDaemon() {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(BIN, ['--bind', '127.0.0.1:0', '--auth', 'token', '--token-secret-file', SECRET],
-      { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`no listening line:\n${out}`)); }, 10000);
-    const onData = (chunk) => {
-      out += chunk.toString();
-      const m = /listening on http:\/\/[^:\s]+:(\d+)/.exec(out);
-      if (m) { clearTimeout(timer); resolve({ proc, port: Number(m[1]) }); }
-    };
-    proc.stdout.on('data', onData);
-    proc.stderr.on('data', onData);
-    proc.on('error', (err) => { clearTimeout(timer); reject(err); });
-  });
 }
 
 async function open(fragment) {
@@ -87,13 +49,13 @@ const note = (page) => page.getByRole('note');
 const status = (page) => page.locator('#status').textContent();
 
 before(async () => {
-  daemon = await startDaemon();
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  daemon = await startDaemon(['--auth', 'token', '--token-secret-file', SECRET]);
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  daemon?.proc.kill('SIGTERM');
+  await stopDaemon(daemon);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -10,94 +10,26 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fs from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { eventually, startDaemon, stopDaemon, launchChromium } from './helpers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const BIN = process.env.WISP_BIN
-  ? path.resolve(process.env.WISP_BIN)                 // relative to the working directory
-  : path.resolve(here, '../../target/debug/wisp');   // relative to this file
-const CHROMIUM = process.env.WISP_CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = path.resolve(here, '../../docs/screenshot.png');
 const TTL_S = 4;
+const DAEMON_ARGS = ['--history-ttl', String(TTL_S)];
 const ROOM = `e2e-${process.pid}`;
 const XSS = '<b>x</b><img src=x onerror=alert(1)>';
 
-let daemon = null;      // the running daemon: { proc, port, log }
+let daemon = null;      // the running daemon (helpers.mjs startDaemon)
 let browser = null;
 const pages = {};       // name -> page
 const pageErrors = [];
 const dialogs = [];
 
 // ---- helpers -------------------------------------------------------------
-
-/** Polls `fn` until it stops throwing (or returns a value), for at most `timeout` ms. */
-async function eventually(fn, { timeout = 5000, interval = 50, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() >= deadline) {
-        err.message = `timed out after ${timeout} ms waiting for ${what}: ${err.message}`;
-        throw err;
-      }
-    }
-    await sleep(interval);
-  }
-}
-
-/** Starts the daemon and resolves once it logs the address it listens on. */
-function startDaemon(bind) {
-  return new Promise((resolve, reject) => {
-    if (!fs.existsSync(BIN)) {
-      reject(new Error(`no daemon at ${BIN}: run \`cargo build\` first or set WISP_BIN`));
-      return;
-    }
-    const proc = spawn(BIN, ['--bind', bind, '--history-ttl', String(TTL_S)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const d = { proc, port: null, log: '', exited: false };
-    proc.on('exit', () => { d.exited = true; });
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      reject(new Error(`daemon did not say where it listens within 10 s; output:\n${d.log}`));
-    }, 10000);
-    const onData = (chunk) => {
-      d.log += chunk.toString();
-      if (d.log.length > 64 * 1024) d.log = d.log.slice(-32 * 1024);
-      const m = /listening on http:\/\/[^:\s]+:(\d+)/.exec(d.log);
-      if (m && d.port == null) {
-        d.port = Number(m[1]);
-        clearTimeout(timer);
-        resolve(d);
-      }
-    };
-    proc.stderr.on('data', onData);
-    proc.stdout.on('data', onData);
-    proc.on('error', (err) => { clearTimeout(timer); reject(err); });
-    proc.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      if (d.port == null) reject(new Error(`daemon exited (${code ?? signal}) before listening; output:\n${d.log}`));
-    });
-  });
-}
-
-/** Stops the daemon: SIGTERM (graceful, SPEC §6), SIGKILL if it is still there after 7 s. */
-async function stopDaemon(d, signal = 'SIGTERM') {
-  if (!d || d.exited) return;
-  const exited = new Promise((resolve) => d.proc.once('exit', resolve));
-  try { process.kill(d.proc.pid, signal); } catch { /* already gone */ }
-  const ok = await Promise.race([exited.then(() => true), sleep(7000).then(() => false)]);
-  if (!ok) {
-    process.kill(d.proc.pid, 'SIGKILL');
-    await exited;
-  }
-}
 
 const baseUrl = () => `http://127.0.0.1:${daemon.port}/`;
 const log = (page) => page.getByRole('log', { name: 'Messages' });
@@ -148,13 +80,8 @@ async function say(page, text) {
 // ---- lifecycle -----------------------------------------------------------
 
 before(async () => {
-  daemon = await startDaemon('127.0.0.1:0');
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  daemon = await startDaemon(DAEMON_ARGS);
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -347,7 +274,7 @@ test('the page survives a restart of the daemon', async () => {
   await stopDaemon(daemon);
   for (const page of [alice, bob]) await waitStatus(page, /reconnecting in \d+(\.\d)? s/);
 
-  daemon = await startDaemon(`127.0.0.1:${port}`);
+  daemon = await startDaemon(DAEMON_ARGS, { bind: `127.0.0.1:${port}` });
   for (const page of [alice, bob]) await waitStatus(page, /online/, 15000);
   // A new daemon is a new epoch: the page says something may be missing.
   await eventually(async () => assert.equal(await log(alice).getByText(/may have been missed/).count(), 1),
