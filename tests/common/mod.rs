@@ -858,9 +858,6 @@ pub struct Pumped {
     pub end: PumpEnd,
 }
 
-/// Writes `chunk` over and over (never reading) until `total` bytes were
-/// accepted, no byte was accepted for `stall`, the connection ends,
-/// `max_time` passes or `stop` is set. `chunk` should hold whole frames or
 /// [`pump`] on a thread of its own, for an attack that runs while the test watches the bystanders:
 /// at most `total` bytes of `chunk` repeated, within 10 s, giving up after 3 s without progress or
 /// when `stop` is set. The thread hands the stream back with what was pumped.
@@ -883,6 +880,9 @@ pub fn pump_in_background(
     })
 }
 
+/// Writes `chunk` over and over (never reading) until `total` bytes were
+/// accepted, no byte was accepted for `stall`, the connection ends,
+/// `max_time` passes or `stop` is set. `chunk` should hold whole frames or
 /// requests; `total` is rounded up to whole chunks.
 pub fn pump(
     stream: &mut TcpStream,
