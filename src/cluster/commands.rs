@@ -745,6 +745,19 @@ impl Commands {
 
     /// Reads the replies of a pipeline [`Commands::send`] wrote, and dispatches them.
     fn receive(&mut self, flight: InFlight) {
+        if let Some(again) = self.settle_replies(flight) {
+            // Sent again at once, once: waiting would fail them (on a single server, whatever
+            // waits has failed), and a post failed and served locally while the posts behind it
+            // get Redis's ids would give one id twice.
+            if let Some(f) = self.send(again) {
+                self.settle_replies(f);
+            }
+        }
+    }
+
+    /// [`Commands::receive`]'s work: the shard to send again when some replies met NOSCRIPT (the
+    /// scripts are loaded again and what met it is back at the front of its queue).
+    fn settle_replies(&mut self, flight: InFlight) -> Option<usize> {
         let InFlight { shard: i, sent } = flight;
         let mut replies = Vec::with_capacity(sent.len());
         let mut failed = None;
@@ -773,15 +786,19 @@ impl Commands {
             }
         }
         let unanswered: Vec<Sent> = sent.collect();
+        let mut resend = None;
         if let Some(e) = failed {
             self.lost(i, &e);
         } else if !again.is_empty() {
-            if let Some(Err(e)) = self.shards[i].con.as_mut().map(load_all) {
-                self.lost(i, &e);
+            match self.shards[i].con.as_mut().map(load_all) {
+                Some(Err(e)) => self.lost(i, &e),
+                Some(Ok(_)) => resend = Some(i),
+                None => {}
             }
         }
         again.extend(unanswered);
         self.requeue(i, again);
+        resend
     }
 
     /// Adds `posts` (consecutive in a shard's queue) to `pipe`: one `post.lua` call per slot in a
