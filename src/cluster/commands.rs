@@ -438,7 +438,12 @@ impl Commands {
     /// Queues `op` on its shard; fails it at once when no shard can be named, or when the shard
     /// already has [`MAX_QUEUED`] operations waiting (a shard that cannot keep up, or is away).
     fn queue(&mut self, op: Op) {
-        let Some(i) = self.shard_of(&op.route_key()) else {
+        // One server serves every slot: no key to build per operation.
+        let shard = match &self.topology {
+            Some(t) if !t.is_cluster() => Some(0),
+            _ => self.shard_of(&op.route_key()),
+        };
+        let Some(i) = shard else {
             self.fail(op);
             return;
         };
@@ -840,34 +845,39 @@ impl Commands {
         let s = Scripts::get();
         let ttl_us = self.settings.ttl.as_micros() as u64;
         for (_, rooms) in groups {
-            let mut keys: Vec<String> = Vec::new();
-            let mut args: Vec<String> =
-                vec![ttl_us.to_string(), self.settings.history_max.to_string()];
-            let mut carried: Vec<Queued> = Vec::new();
-            for (room, posts) in rooms {
-                for chunk in chunks(posts, POSTS_PER_CALL) {
+            // Keys first (EVALSHA's order), then the arguments written straight into the command:
+            // no copy of any message but the command's own.
+            let calls: Vec<(RoomKeys, Vec<Queued>)> = rooms
+                .into_iter()
+                .flat_map(|(room, posts)| {
                     let k = RoomKeys::of(&room);
-                    keys.extend([k.meta, k.log, k.members]);
-                    let member_sent = chunk
-                        .iter()
-                        .any(|q| matches!(q.op, Op::Post { conn: Some(_), .. }));
-                    args.extend([
-                        k.channel,
-                        self.seed.epoch(),
-                        chunk.len().to_string(),
-                        u8::from(member_sent).to_string(),
-                    ]);
-                    for q in &chunk {
-                        if let Op::Post { name, content, .. } = &q.op {
-                            args.push(name.clone());
-                            args.push(content.clone());
-                        }
-                    }
-                    carried.extend(chunk);
-                }
-            }
+                    chunks(posts, POSTS_PER_CALL)
+                        .into_iter()
+                        .map(move |chunk| (k.clone(), chunk))
+                })
+                .collect();
+            let keys: Vec<&str> = calls
+                .iter()
+                .flat_map(|(k, _)| [k.meta.as_str(), k.log.as_str(), k.members.as_str()])
+                .collect();
             let mut cmd = s.post.call(&keys);
-            cmd.arg(args);
+            cmd.arg(ttl_us).arg(self.settings.history_max);
+            let mut carried: Vec<Queued> = Vec::new();
+            for (k, chunk) in calls {
+                let member_sent = chunk
+                    .iter()
+                    .any(|q| matches!(q.op, Op::Post { conn: Some(_), .. }));
+                cmd.arg(&k.channel)
+                    .arg(self.seed.epoch())
+                    .arg(chunk.len())
+                    .arg(u8::from(member_sent));
+                for q in &chunk {
+                    if let Op::Post { name, content, .. } = &q.op {
+                        cmd.arg(name.as_str()).arg(content.as_str());
+                    }
+                }
+                carried.extend(chunk);
+            }
             pipe.add_command(cmd);
             sent.push(Sent::Posts(carried));
         }
