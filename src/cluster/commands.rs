@@ -151,6 +151,11 @@ struct Shard {
 }
 
 impl Shard {
+    /// Whether it has something to send and may send it now.
+    fn ready(&self, now: Instant) -> bool {
+        self.con.is_some() && !self.queue.is_empty() && now >= self.hold_until
+    }
+
     fn new(addr: String) -> Shard {
         Shard {
             addr,
@@ -312,9 +317,7 @@ impl Commands {
     /// Whether a shard has something to send and may send it now.
     fn any_ready(&self) -> bool {
         let now = Instant::now();
-        self.shards
-            .iter()
-            .any(|s| s.con.is_some() && !s.queue.is_empty() && now >= s.hold_until)
+        self.shards.iter().any(|s| s.ready(now))
     }
 
     /// When the loop must look again without a request.
@@ -707,8 +710,7 @@ impl Commands {
         let now = Instant::now();
         let mut flights = Vec::new();
         for i in 0..self.shards.len() {
-            let s = &self.shards[i];
-            if s.con.is_some() && !s.queue.is_empty() && now >= s.hold_until {
+            if self.shards[i].ready(now) {
                 flights.extend(self.send(i));
             }
         }
@@ -750,11 +752,11 @@ impl Commands {
 
     /// Reads the replies of a pipeline [`Commands::send`] wrote, and dispatches them.
     fn receive(&mut self, flight: InFlight) {
-        if let Some(again) = self.settle_replies(flight) {
+        if let Some(shard) = self.settle_replies(flight) {
             // Sent again at once, once: waiting would fail them (on a single server, whatever
             // waits has failed), and a post failed and served locally while the posts behind it
             // get Redis's ids would give one id twice.
-            if let Some(f) = self.send(again) {
+            if let Some(f) = self.send(shard) {
                 self.settle_replies(f);
             }
         }

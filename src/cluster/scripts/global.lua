@@ -8,17 +8,17 @@ local log, seqkey, atkey = KEYS[1], KEYS[2], KEYS[3]
 local channel, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us()
 local at = tonumber(redis.call('GET', atkey)) or 0
-local seq = 0
+local seq, len = 0, 0
 for i = 4, #ARGV do
   seq = redis.call('INCR', seqkey)
   at = math.max(now, at + 1)
   local body = us(seq) .. '\n' .. us(at) .. '\n' .. ARGV[i]
-  if max > 0 then redis.call('RPUSH', log, body) end
+  if max > 0 then len = redis.call('RPUSH', log, body) end
   redis.call('SPUBLISH', channel, body)
 end
 redis.call('SET', atkey, us(at))
 if max > 0 then
-  trim(log, redis.call('LLEN', log), now - ttl, max)
+  trim(log, len, now - ttl, max)
   redis.call('PEXPIRE', log, math.floor(ttl / 1000) + 1000)
 end
 return seq
